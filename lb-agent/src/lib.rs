@@ -1,0 +1,9 @@
+//! The node agent: reads Kubernetes objects, plans what kube-proxy would program, and keeps the
+//! eBPF maps equal to that plan.
+//!
+//! Pipeline: `source` (manifests) -> `model::Snapshot` -> `plan` (pure, kube-proxy semantics)
+//! -> `maps` (pure: desired map entries, diff) -> `dataplane` (aya: load, attach, pin, apply).
+
+pub mod model;
+pub mod plan;
+pub mod source;

@@ -1,0 +1,232 @@
+//! Map keys and values shared with the kernel, and the maps' names and default capacities.
+//!
+//! Conventions: `#[repr(C)]`, fixed-width integers, explicit `_pad` fields, no bool/Option/enum.
+//! Fields named `*_be` hold network byte order exactly as they appear in the packet (loaded as a
+//! native integer from the packet bytes); everything else is host order.
+
+/// `LB_FRONTENDS`: hash, [`FrontendKey`] -> [`Frontend`]. One entry per service frontend.
+pub const MAP_FRONTENDS: &str = "LB_FRONTENDS";
+/// `LB_SLOTS`: hash, [`SlotKey`] -> [`Slot`]. The backend table of each frontend.
+pub const MAP_SLOTS: &str = "LB_SLOTS";
+/// `LB_BACKENDS`: hash, backend id (u32) -> [`Backend`].
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// `LB_CT`: LRU hash, [`CtKey`] -> [`CtEntry`]. Connection tracking, both directions.
+pub const MAP_CT: &str = "LB_CT";
+/// `LB_VERDICTS`: per-CPU array, reason index -> [`Counter`].
+pub const MAP_VERDICTS: &str = "LB_VERDICTS";
+/// `LB_FE_STATS`: per-CPU array, frontend id -> [`FrontendStats`].
+pub const MAP_FE_STATS: &str = "LB_FE_STATS";
+
+/// Every map, in the order the agent pins and removes them.
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_FRONTENDS,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_CT,
+    MAP_VERDICTS,
+    MAP_FE_STATS,
+];
+
+/// Default capacity of `LB_FRONTENDS`; also bounds frontend ids (`LB_FE_STATS` has one more entry).
+pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
+/// Default capacity of `LB_SLOTS`.
+pub const DEFAULT_MAX_SLOTS: u32 = 1 << 20;
+/// Default capacity of `LB_BACKENDS`.
+pub const DEFAULT_MAX_BACKENDS: u32 = 1 << 18;
+/// Default capacity of `LB_CT` (two entries per flow).
+pub const DEFAULT_MAX_CT: u32 = 1 << 20;
+
+/// IP protocol numbers as they appear in [`FrontendKey::proto`] and [`CtKey::proto`].
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+/// SCTP (planned, never matched by the programs yet).
+pub const PROTO_SCTP: u8 = 132;
+
+/// A frontend: where a service listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FrontendKey {
+    /// Frontend IPv4 address, network order.
+    pub addr_be: u32,
+    /// Frontend port, network order.
+    pub port_be: u16,
+    /// IP protocol ([`PROTO_TCP`], [`PROTO_UDP`]).
+    pub proto: u8,
+    /// Reserved for scoped lookups (external vs internal traffic); always 0 now.
+    pub scope: u8,
+}
+
+/// [`Frontend::flags`]: when the frontend has no backends, reject (ICMP unreachable / TCP RST)
+/// rather than drop.
+pub const FE_F_REJECT_EMPTY: u32 = 1;
+
+/// What a frontend does with a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Frontend {
+    /// Frontend id: key prefix in `LB_SLOTS`, index into `LB_FE_STATS`. Never 0.
+    pub id: u32,
+    /// Number of slots in this frontend's table in `LB_SLOTS` (0: no backends). A new flow takes
+    /// slot `flow_hash % slot_count`. A plain list of backends or a Maglev table: the kernel does
+    /// not care which.
+    pub slot_count: u32,
+    /// `FE_F_*` bits.
+    pub flags: u32,
+    /// sessionAffinity ClientIP timeout in seconds; 0 = no affinity.
+    pub affinity_timeout_s: u32,
+}
+
+/// A slot of a frontend's backend table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SlotKey {
+    /// [`Frontend::id`].
+    pub frontend_id: u32,
+    /// Slot index, `0..slot_count`.
+    pub slot: u32,
+}
+
+/// The backend in a slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Slot {
+    /// Key into `LB_BACKENDS`.
+    pub backend_id: u32,
+}
+
+/// A backend: where new connections are sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Backend {
+    /// Backend IPv4 address, network order.
+    pub addr_be: u32,
+    /// Backend port, network order.
+    pub port_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Reserved, 0.
+    pub flags: u8,
+}
+
+/// [`CtKey::dir`]: a packet from the client towards the frontend.
+pub const CT_DIR_ORIGINAL: u8 = 0;
+/// [`CtKey::dir`]: a packet from the backend back to the client.
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Conntrack key: a packet's 5-tuple as it arrives, plus the direction it is looked up in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CtKey {
+    /// Source address, network order.
+    pub saddr_be: u32,
+    /// Destination address, network order.
+    pub daddr_be: u32,
+    /// Source port, network order.
+    pub sport_be: u16,
+    /// Destination port, network order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`CT_DIR_ORIGINAL`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+/// [`CtEntry::flags`]: a FIN or RST was seen; the entry expires after [`CT_LIFETIME_CLOSING_NS`].
+pub const CT_F_CLOSING: u16 = 1;
+
+/// Lifetime of an idle TCP flow (as Cilium's default: 6 hours).
+pub const CT_LIFETIME_TCP_NS: u64 = 21_600 * 1_000_000_000;
+/// Lifetime of an idle UDP flow.
+pub const CT_LIFETIME_UDP_NS: u64 = 60 * 1_000_000_000;
+/// Lifetime of a TCP flow after FIN or RST.
+pub const CT_LIFETIME_CLOSING_NS: u64 = 10 * 1_000_000_000;
+/// `last_seen_ns` is refreshed only when older than this, to keep the hot path free of writes.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Conntrack value. Original direction: where the flow was sent. Reply direction: what the
+/// reply's source must be rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns()` when the flow was created.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` when the flow was last seen (refreshed every [`CT_REFRESH_NS`]).
+    pub last_seen_ns: u64,
+    /// Original: backend address; reply: frontend address. Network order.
+    pub nat_addr_be: u32,
+    /// Original: backend port; reply: frontend port. Network order.
+    pub nat_port_be: u16,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+    /// Backend id the flow was sent to.
+    pub backend_id: u32,
+    /// Frontend id of the flow.
+    pub frontend_id: u32,
+}
+
+/// A packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes, from the start of the Ethernet header.
+    pub bytes: u64,
+}
+
+/// Per-frontend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FrontendStats {
+    /// Packets sent to the frontend (original direction).
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// New flows (backend choices).
+    pub new_flows: u64,
+}
+
+macro_rules! assert_size {
+    ($($t:ty => $n:expr),* $(,)?) => {
+        $(const _: () = assert!(core::mem::size_of::<$t>() == $n);)*
+    };
+}
+assert_size!(
+    FrontendKey => 8,
+    Frontend => 16,
+    SlotKey => 8,
+    Slot => 4,
+    Backend => 8,
+    CtKey => 16,
+    CtEntry => 32,
+    Counter => 16,
+    FrontendStats => 24,
+);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], made of integers only, and bytemuck::Pod (derived above)
+    // proves it has no padding.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for Frontend {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Slot {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FrontendStats {}
+}

@@ -1,0 +1,1 @@
+//! Test harness: network namespaces, topologies, real servers and clients.
