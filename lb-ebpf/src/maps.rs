@@ -1,0 +1,41 @@
+//! Every map the programs use, BTF-typed; keys and values are defined in lb_common::maps.
+//!
+//! Capacities here are defaults: the agent sets the real ones at load time.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    maps::{
+        Backend, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey, Counter,
+        DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
+    },
+    verdict::REASON_COUNT,
+};
+
+/// Frontends: (address, port, protocol) of a service -> its id, table size and policy.
+#[btf_map]
+pub static LB_FRONTENDS: HashMap<FrontendKey, Frontend, { DEFAULT_MAX_FRONTENDS as usize }> =
+    HashMap::new();
+
+/// Backend tables: (frontend id, slot) -> backend id. A new flow takes slot hash % slot_count.
+#[btf_map]
+pub static LB_SLOTS: HashMap<SlotKey, Slot, { DEFAULT_MAX_SLOTS as usize }> = HashMap::new();
+
+/// Backends: backend id -> (address, port, protocol).
+#[btf_map]
+pub static LB_BACKENDS: HashMap<u32, Backend, { DEFAULT_MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Connection tracking: a packet's 5-tuple and direction -> NAT target and timestamps.
+#[btf_map]
+pub static LB_CT: LruHashMap<CtKey, CtEntry, { DEFAULT_MAX_CT as usize }> = LruHashMap::new();
+
+/// Packets and bytes per verdict reason (lb_common::verdict::Reason), per CPU.
+#[btf_map]
+pub static LB_VERDICTS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// Packets, bytes and new flows per frontend id, per CPU.
+#[btf_map]
+pub static LB_FE_STATS: PerCpuArray<FrontendStats, { DEFAULT_MAX_FRONTENDS as usize + 1 }> =
+    PerCpuArray::new();

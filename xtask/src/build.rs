@@ -1,0 +1,107 @@
+//! Building the eBPF object and the agent, and running every check.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::setup::{self, run};
+
+/// Options of `build-ebpf`.
+#[derive(Args, Default)]
+pub struct EbpfOpts {
+    /// Build the debug profile (still optimised: the verifier needs it).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Options of `test`.
+#[derive(Args, Default)]
+pub struct TestOpts {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Where `build-ebpf` puts the object; lb-agent's build script embeds it from there.
+pub fn ebpf_object() -> PathBuf {
+    root().join("target/bpf/lb-ebpf.o")
+}
+
+/// Builds lb-ebpf with BTF and copies the object to [`ebpf_object`].
+pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
+    setup::nightly_rust_src()?;
+    let linker_dir = setup::bpf_linker()?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![linker_dir];
+    paths.extend(std::env::split_paths(&path));
+    let dir = root().join("lb-ebpf");
+    let profile = if opts.debug { "debug" } else { "release" };
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&dir)
+        .args(["+nightly", "build", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env("PATH", std::env::join_paths(paths)?)
+        // BTF from DWARF: bpftool prints every map's key and value fields by name.
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR");
+    if !opts.debug {
+        cmd.arg("--release");
+    }
+    run(&mut cmd).context("building lb-ebpf")?;
+    let built = dir.join("target/bpfel-unknown-none").join(profile).join("lb-ebpf");
+    let dest = ebpf_object();
+    std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+    std::fs::copy(&built, &dest)
+        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    eprintln!("xtask: eBPF object at {}", dest.display());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Builds the eBPF object and the release agent binary.
+pub fn build_all() -> Result<()> {
+    build_ebpf(&EbpfOpts::default())?;
+    run(cargo().args(["build", "--release", "-p", "lb-agent"]))?;
+    eprintln!(
+        "xtask: agent at {}",
+        root().join("target/release/lb-agent").display()
+    );
+    Ok(())
+}
+
+/// The README's test command: set-up, build, lint, unit, packet and namespace tests.
+pub fn test(opts: &TestOpts) -> Result<()> {
+    setup::setup()?;
+    build_all()?;
+    if !opts.no_lint {
+        run(cargo().args(["fmt", "--all", "--check"])).context("run `cargo fmt --all`")?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    // Integration tests run the release agent binary built above.
+    run(cargo()
+        .args(["test", "--workspace", "--release", "--"])
+        .args(&opts.cargo_test_args)
+        .env("LB_AGENT_BIN", root().join("target/release/lb-agent")))
+}
