@@ -4,6 +4,7 @@
 //! Pipeline: `source` (manifests) -> `model::Snapshot` -> `plan` (pure, kube-proxy semantics)
 //! -> `maps` (pure: desired map entries, diff) -> `dataplane` (aya: load, attach, pin, apply).
 
+pub mod cli_plan;
 pub mod model;
 pub mod plan;
 pub mod source;
