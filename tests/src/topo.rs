@@ -1,0 +1,246 @@
+//! Topologies built from namespaces: a [`Node`] with routed [`Pod`]s (Calico/Cilium style, no bridge).
+//!
+//! ```text
+//!  pod netns "client"            node netns                          pod netns "b1"
+//!  eth0 10.244.0.2/32  <-veth->  lxcclient 10.244.0.1/32    lxcb1  <-veth->  eth0 10.244.0.11/32
+//!  10.244.0.1 dev eth0 scope link  route 10.244.0.2/32 dev lxcclient       default via 10.244.0.1
+//!  default via 10.244.0.1          route 10.244.0.11/32 dev lxcb1
+//!                                  ip_forward=1, rp_filter=0
+//! ```
+//! A pod's packets to a Service (10.96.0.0/16) follow its default route and enter the node on the
+//! host-side veth (`lxc*`), where the dataplane's XDP/tc ingress program sees them before routing.
+//! The node itself has no route for the Service range.
+//!
+//! A node has an index N and owns pod CIDR 10.244.N.0/24 with gateway 10.244.N.1, so a later
+//! multi-node cluster (a fabric namespace with a bridge, node NICs as veths on it, an external client)
+//! can be built from several nodes.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::NetNs;
+use crate::traffic::{TcpMode, TcpServer, UdpServer};
+
+/// Glob matching every host-side pod interface a [`Node`] creates; give it to the agent.
+pub const POD_IFACE_GLOB: &str = "lxc*";
+
+/// Prefix of host-side pod interface names.
+pub const POD_IFACE_PREFIX: &str = "lxc";
+
+/// The Service (ClusterIP) range, as in a default Kubernetes cluster.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// The interface name of every pod's side of its veth.
+pub const POD_IFNAME: &str = "eth0";
+
+/// A node: a network namespace with IP forwarding on, joined to its pods by veth pairs.
+#[derive(Debug)]
+pub struct Node {
+    tag: String,
+    index: u8,
+    // Declared before `ns`: pods go first on drop.
+    pods: Vec<Pod>,
+    ns: NetNs,
+}
+
+/// A pod: a network namespace whose `eth0` is a veth to its node, with one /32 address.
+#[derive(Debug)]
+pub struct Pod {
+    name: String,
+    ip: Ipv4Addr,
+    host_ifname: String,
+    host_ifindex: u32,
+    ns: NetNs,
+}
+
+impl Node {
+    /// Node 0: pod CIDR 10.244.0.0/24.
+    pub fn new(tag: &str) -> Result<Node> {
+        Node::with_index(tag, 0)
+    }
+
+    /// Node `index`: pod CIDR 10.244.<index>.0/24, gateway 10.244.<index>.1.
+    pub fn with_index(tag: &str, index: u8) -> Result<Node> {
+        let ns = NetNs::new(&format!("n{index}-{tag}"))?;
+        // `default` first, so interfaces created later inherit it.
+        for (key, value) in [
+            ("ipv4/conf/default/rp_filter", "0"),
+            ("ipv4/conf/all/rp_filter", "0"),
+            ("ipv4/ip_forward", "1"),
+        ] {
+            ns.set_sysctl(key, value)?;
+        }
+        Ok(Node {
+            tag: tag.to_string(),
+            index,
+            pods: Vec::new(),
+            ns,
+        })
+    }
+
+    /// The tag given at creation.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The node's index N (its pods live in 10.244.N.0/24).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The node's network namespace (where the agent runs and attaches its programs).
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// The pod CIDR, e.g. `10.244.0.0/24`.
+    pub fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.index)
+    }
+
+    /// The address every host-side pod interface carries and every pod routes through: 10.244.N.1.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, self.index, 1)
+    }
+
+    /// Create pod `name` with address `ip` (in this node's pod CIDR, not the gateway) and wire it up.
+    /// The host side is named `lxc<name>` (cut to 15 characters; names must stay distinct).
+    pub fn add_pod(&mut self, name: &str, ip: impl Into<Ipv4Addr>) -> Result<&Pod> {
+        let ip = ip.into();
+        let [a, b, c, d] = ip.octets();
+        if (a, b, c) != (10, 244, self.index) || d == 0 || d == 1 || d == 255 {
+            bail!("pod IP {ip} is not a usable address of {}", self.pod_cidr());
+        }
+        if self.pods.iter().any(|p| p.ip == ip) {
+            bail!("pod IP {ip} is already used on node {}", self.tag);
+        }
+        let host_ifname = host_ifname(name);
+        if self
+            .pods
+            .iter()
+            .any(|p| p.name == name || p.host_ifname == host_ifname)
+        {
+            bail!(
+                "pod {name} (interface {host_ifname}) already exists on node {}",
+                self.tag
+            );
+        }
+        let ns = NetNs::new(name)?;
+        let gw = self.gateway().to_string();
+        let ip_s = ip.to_string();
+        let node = &self.ns;
+        // The peer is created directly in the pod namespace; nothing appears in the root namespace.
+        #[rustfmt::skip]
+        node.ip(&["link", "add", &host_ifname, "type", "veth", "peer", "name", POD_IFNAME, "netns", ns.name()])?;
+        ns.ip(&["addr", "add", &format!("{ip_s}/32"), "dev", POD_IFNAME])?;
+        ns.ip(&["link", "set", POD_IFNAME, "up"])?;
+        ns.ip(&["route", "add", &gw, "dev", POD_IFNAME, "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", &gw, "dev", POD_IFNAME])?;
+        node.set_sysctl(&format!("ipv4/conf/{host_ifname}/rp_filter"), "0")?;
+        node.ip(&["addr", "add", &format!("{gw}/32"), "dev", &host_ifname])?;
+        node.ip(&["link", "set", &host_ifname, "up"])?;
+        node.ip(&["route", "add", &format!("{ip_s}/32"), "dev", &host_ifname])?;
+        let host_ifindex = node.ifindex(&host_ifname)?;
+        self.pods.push(Pod {
+            name: name.to_string(),
+            ip,
+            host_ifname,
+            host_ifindex,
+            ns,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Delete pod `name`: its namespace and so its veth pair (the host side disappears from the node).
+    pub fn remove_pod(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name} on node {}", self.tag))?;
+        self.pods.remove(i);
+        Ok(())
+    }
+
+    /// Pod `name`. Panics if there is none (a bug in the test).
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name} on node {}", self.tag))
+    }
+
+    /// All pods, in creation order.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+}
+
+/// `lxc<name>` reduced to the characters and length (15) an interface name allows.
+fn host_ifname(pod: &str) -> String {
+    let clean: String = pod
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    format!("{POD_IFACE_PREFIX}{clean}")
+        .chars()
+        .take(15)
+        .collect()
+}
+
+impl Pod {
+    /// The pod's name (also the identity its servers answer with).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pod's address.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// `ip:port` of this pod.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip, port))
+    }
+
+    /// The pod's network namespace.
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// Name of the host-side veth, in the node namespace (matches [`POD_IFACE_GLOB`]).
+    pub fn host_ifname(&self) -> &str {
+        &self.host_ifname
+    }
+
+    /// Index of the host-side veth in the node namespace.
+    pub fn host_ifindex(&self) -> u32 {
+        self.host_ifindex
+    }
+
+    /// Start a TCP server on `<pod ip>:port` answering with the pod's name, one reply per line, keeping
+    /// connections open until the client closes.
+    pub fn tcp_server(&self, port: u16) -> Result<TcpServer> {
+        TcpServer::start(&self.ns, self.addr(port), &self.name, TcpMode::KeepOpen)
+    }
+
+    /// Start a UDP server on `<pod ip>:port` answering each datagram with the pod's name.
+    pub fn udp_server(&self, port: u16) -> Result<UdpServer> {
+        UdpServer::start(&self.ns, self.addr(port), &self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that host-side names start with the glob prefix and fit in 15 characters.
+    #[test]
+    fn host_ifnames_fit_and_match_the_glob() {
+        assert_eq!(host_ifname("b1"), "lxcb1");
+        assert_eq!(host_ifname("a-very-long-pod-name"), "lxca-very-long-");
+        assert_eq!(host_ifname("x.y"), "lxcxy");
+    }
+}
