@@ -11,9 +11,8 @@
 //! host-side veth (`lxc*`), where the dataplane's XDP/tc ingress program sees them before routing.
 //! The node itself has no route for the Service range.
 //!
-//! A node has an index N and owns pod CIDR 10.244.N.0/24 with gateway 10.244.N.1, so a later
-//! multi-node cluster (a fabric namespace with a bridge, node NICs as veths on it, an external client)
-//! can be built from several nodes.
+//! A node has an index N and owns pod CIDR 10.244.N.0/24 with gateway 10.244.N.1. A [`Cluster`]
+//! joins several nodes and an external client through a bridge in a fabric namespace.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -39,6 +38,7 @@ pub const POD_IFNAME: &str = "eth0";
 pub struct Node {
     tag: String,
     index: u8,
+    nic_ip: Option<Ipv4Addr>,
     // Declared before `ns`: pods go first on drop.
     pods: Vec<Pod>,
     ns: NetNs,
@@ -72,6 +72,7 @@ impl Node {
             ns.set_sysctl(key, value)?;
         }
         Ok(Node {
+            nic_ip: None,
             tag: tag.to_string(),
             index,
             pods: Vec::new(),
@@ -92,6 +93,11 @@ impl Node {
     /// The node's network namespace (where the agent runs and attaches its programs).
     pub fn ns(&self) -> &NetNs {
         &self.ns
+    }
+
+    /// The address of the node's NIC (`eth0`) in a [`Cluster`]; `None` for a lone node.
+    pub fn nic_ip(&self) -> Option<Ipv4Addr> {
+        self.nic_ip
     }
 
     /// The pod CIDR, e.g. `10.244.0.0/24`.
@@ -175,6 +181,122 @@ impl Node {
     pub fn pods(&self) -> &[Pod] {
         &self.pods
     }
+}
+
+/// Node NIC addresses and the external client live in this network: the bridge of a [`Cluster`].
+pub const FABRIC_CIDR: &str = "172.18.0.0/24";
+
+/// Name of a node's NIC (its side of the veth to the fabric bridge), as on a real node.
+pub const NODE_NIC: &str = "eth0";
+
+/// Address of the external client in a [`Cluster`].
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
+
+/// Address of node `index`'s NIC in a [`Cluster`]: 172.18.0.(10 + index).
+pub fn node_nic_ip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 18, 0, 10 + index)
+}
+
+/// Several nodes and an external client whose NICs are veths on one bridge, in a fabric namespace
+/// that stands in for the physical network:
+///
+/// ```text
+///  node 0 netns                fabric netns (br0)               node 1 netns
+///  eth0 172.18.0.10/24 <-veth-> n0 ─┐                ┌─ n1 <-veth-> eth0 172.18.0.11/24
+///  10.244.1.0/24 via .11            br0 ── ext       │              10.244.0.0/24 via .10
+///                                        <-veth-> eth0 172.18.0.100/24  external client netns
+/// ```
+/// Node N owns pod CIDR 10.244.N.0/24; every node routes the other nodes' pod CIDRs via their NIC
+/// addresses (direct routing, no encapsulation). The external client has only the on-link route to
+/// the fabric network; tests add routes for external VIPs they need.
+#[derive(Debug)]
+pub struct Cluster {
+    // Drop order: nodes (with their pods), the external client, then the fabric.
+    nodes: Vec<Node>,
+    external: NetNs,
+    fabric: NetNs,
+}
+
+impl Cluster {
+    /// Build `nodes` nodes (at most 50), the fabric bridge and the external client.
+    pub fn new(tag: &str, nodes: u8) -> Result<Cluster> {
+        if nodes == 0 || nodes > 50 {
+            bail!("a cluster has 1 to 50 nodes, not {nodes}");
+        }
+        let fabric = NetNs::new(&format!("fab-{tag}"))?;
+        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        let external = NetNs::new(&format!("ext-{tag}"))?;
+        plug(&fabric, "ext", &external, EXTERNAL_IP)?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            external,
+            fabric,
+        };
+        for i in 0..nodes {
+            let mut node = Node::with_index(tag, i)?;
+            let ip = node_nic_ip(i);
+            plug(&cluster.fabric, &format!("n{i}"), node.ns(), ip)?;
+            node.ns()
+                .set_sysctl(&format!("ipv4/conf/{NODE_NIC}/rp_filter"), "0")?;
+            node.nic_ip = Some(ip);
+            cluster.nodes.push(node);
+        }
+        for node in &cluster.nodes {
+            for other in cluster.nodes.iter().filter(|o| o.index != node.index) {
+                let via = node_nic_ip(other.index).to_string();
+                node.ns().ip(&[
+                    "route",
+                    "add",
+                    &other.pod_cidr(),
+                    "via",
+                    &via,
+                    "dev",
+                    NODE_NIC,
+                ])?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Node `index`. Panics if there is none (a bug in the test).
+    pub fn node(&self, index: u8) -> &Node {
+        self.nodes
+            .get(usize::from(index))
+            .unwrap_or_else(|| panic!("no node {index} in the cluster"))
+    }
+
+    /// Node `index`, to add or remove pods. Panics if there is none.
+    pub fn node_mut(&mut self, index: u8) -> &mut Node {
+        self.nodes
+            .get_mut(usize::from(index))
+            .unwrap_or_else(|| panic!("no node {index} in the cluster"))
+    }
+
+    /// All nodes, by index.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The namespace of the external client (outside every node, on the fabric network).
+    pub fn external(&self) -> &NetNs {
+        &self.external
+    }
+
+    /// The fabric namespace holding the bridge `br0` (for captures, or to break links).
+    pub fn fabric(&self) -> &NetNs {
+        &self.fabric
+    }
+}
+
+/// Join `ns` to the fabric bridge: a veth with `port` on the bridge and `eth0` (address `ip`/24) in `ns`.
+fn plug(fabric: &NetNs, port: &str, ns: &NetNs, ip: Ipv4Addr) -> Result<()> {
+    #[rustfmt::skip]
+    fabric.ip(&["link", "add", port, "type", "veth", "peer", "name", NODE_NIC, "netns", ns.name()])?;
+    fabric.ip(&["link", "set", port, "master", "br0", "up"])?;
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", NODE_NIC])?;
+    ns.ip(&["link", "set", NODE_NIC, "up"])?;
+    Ok(())
 }
 
 /// `lxc<name>` reduced to the characters and length (15) an interface name allows.

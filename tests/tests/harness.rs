@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    tcp_request, udp_request, BpffsGuard, Client, NetNs, Node, TcpMode, TcpServer, POD_IFACE_GLOB,
+    tcp_request, udp_request, BpffsGuard, Client, Cluster, NetNs, Node, TcpMode, TcpServer,
+    POD_IFACE_GLOB,
 };
 
 /// Names of every namespace `ip netns list` shows.
@@ -396,5 +397,41 @@ fn removing_a_pod_removes_its_host_interface() {
     assert!(
         node.add_pod("x", [10, 244, 1, 3]).is_err(),
         "outside the pod CIDR"
+    );
+}
+
+/// Test that in a two-node cluster pods talk across nodes over the fabric, without NAT, and the
+/// external client reaches each node's NIC address.
+#[test]
+fn two_node_cluster_routes_pods_across_nodes() {
+    let mut cluster = Cluster::new("two", 2).unwrap();
+    cluster.node_mut(0).add_pod("a", [10, 244, 0, 5]).unwrap();
+    cluster.node_mut(1).add_pod("b", [10, 244, 1, 5]).unwrap();
+    let (a, b) = (cluster.node(0).pod("a"), cluster.node(1).pod("b"));
+    let _tcp = b.tcp_server(80).unwrap();
+    let _udp = b.udp_server(53).unwrap();
+    let r = tcp_request(a.ns(), b.addr(80), "across").unwrap();
+    assert_eq!((r.identity.as_str(), r.peer), ("b", b.addr(80)));
+    assert_eq!(r.client_seen.ip(), IpAddr::V4(a.ip()));
+    let r = udp_request(a.ns(), b.addr(53), "across").unwrap();
+    assert_eq!((r.identity.as_str(), r.peer), ("b", b.addr(53)));
+    // The packets left node 0 on its NIC.
+    assert!(cluster.node(0).ns().link_stats("eth0").unwrap().tx_packets > 0);
+    for node in cluster.nodes() {
+        let nic = SocketAddr::from((node.nic_ip().unwrap(), 30080));
+        let _srv = TcpServer::start(node.ns(), nic, "host", TcpMode::KeepOpen).unwrap();
+        let r = tcp_request(cluster.external(), nic, "hi").unwrap();
+        assert_eq!(r.client_seen.ip(), IpAddr::V4(lb_tests::topo::EXTERNAL_IP));
+    }
+    let names: Vec<String> = [cluster.fabric(), cluster.external()]
+        .into_iter()
+        .chain(cluster.nodes().iter().map(|n| n.ns()))
+        .map(|ns| ns.name().to_string())
+        .collect();
+    drop(cluster);
+    let listed = netns_list();
+    assert!(
+        names.iter().all(|n| !listed.contains(n)),
+        "{names:?} in {listed:?}"
     );
 }
