@@ -6,6 +6,21 @@
 //! servers and clients of [`traffic`]. Names carry the pid and a counter, so tests run in parallel.
 //! Nothing is added to the root network namespace and no traffic leaves the harness's namespaces.
 //! Needs root.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use lb_tests::{tcp_spread, Node};
+//! let mut node = Node::new("svc")?;
+//! node.add_pod("client", [10, 244, 0, 2])?;
+//! for i in 1..=3 {
+//!     node.add_pod(&format!("b{i}"), [10, 244, 0, 10 + i])?;
+//! }
+//! let _servers = node.pods()[1..].iter().map(|p| p.tcp_server(8080)).collect::<anyhow::Result<Vec<_>>>()?;
+//! // ... start the agent in node.ns() with a Service 10.96.0.10:80 -> b1..b3:8080 ...
+//! let spread = tcp_spread(node.pod("client").ns(), "10.96.0.10:80".parse()?, 100);
+//! assert_eq!((spread.ok(), spread.backends()), (100, vec!["b1", "b2", "b3"]), "{spread}");
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 

@@ -60,7 +60,7 @@ impl Node {
         Node::with_index(tag, 0)
     }
 
-    /// Node `index`: pod CIDR 10.244.<index>.0/24, gateway 10.244.<index>.1.
+    /// Node `index`: pod CIDR 10.244.`index`.0/24, gateway 10.244.`index`.1.
     pub fn with_index(tag: &str, index: u8) -> Result<Node> {
         let ns = NetNs::new(&format!("n{index}-{tag}"))?;
         // `default` first, so interfaces created later inherit it.
