@@ -5,6 +5,11 @@
 //! -> `maps` (pure: desired map entries, diff) -> `dataplane` (aya: load, attach, pin, apply).
 
 pub mod cli_plan;
+pub mod dataplane;
+pub mod inspect;
+pub mod links;
+pub mod maps;
 pub mod model;
 pub mod plan;
+pub mod run;
 pub mod source;

@@ -1,1 +1,210 @@
-fn main() {}
+//! lb-agent: the node agent of the XDP Service load balancer.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_agent::{
+    dataplane::{self, HookKind, MapSizes},
+    links::Selector,
+    run::RunConfig,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "eBPF/XDP Kubernetes Service load balancer: node agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// The program for pod interfaces.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PodHook {
+    /// tcx ingress (default): exact checksums through the kernel's helpers, and the faster one
+    /// here (see docs/ARCHITECTURE.md).
+    Tc,
+    /// Native XDP on the host side of each veth.
+    Xdp,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    /// Native where the driver supports it, generic otherwise.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Program the dataplane from manifests and keep it in sync until SIGINT/SIGTERM.
+    Run {
+        /// Directory of Service, EndpointSlice and Node manifests (YAML as kubectl prints it).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// This node's name (as its Node object).
+        #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
+        node: String,
+        /// Node devices (NICs) that get the XDP program, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Globs of pod interface names (host side), comma-separated, e.g. 'lxc*,cali*'.
+        #[arg(long, value_delimiter = ',')]
+        pod_interfaces: Vec<String>,
+        /// Program for pod interfaces.
+        #[arg(long, value_enum, default_value = "tc")]
+        pod_hook: PodHook,
+        /// XDP attach mode on node devices.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: XdpModeArg,
+        /// bpffs directory for pins; a bpffs is mounted there if none is.
+        #[arg(long, default_value = "/sys/fs/bpf/xdplb")]
+        bpffs: PathBuf,
+        /// Capacity of the conntrack map (entries; two per flow).
+        #[arg(long, default_value_t = MapSizes::default().conntrack)]
+        conntrack_size: u32,
+        /// Capacity of the frontend map.
+        #[arg(long, default_value_t = MapSizes::default().frontends)]
+        max_frontends: u32,
+        /// Changes closer together than this are applied in one sync (kube-proxy's
+        /// --min-sync-period), e.g. 10ms.
+        #[arg(long, default_value = "10ms", value_parser = humantime_ms)]
+        min_sync_period: Duration,
+        /// Full resync against the kernel's maps this often, e.g. 60s.
+        #[arg(long, default_value = "60s", value_parser = humantime_ms)]
+        resync_period: Duration,
+    },
+    /// Print what kube-proxy would program for a node, as JSON.
+    Plan {
+        #[arg(long)]
+        manifests: PathBuf,
+        #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
+        node: String,
+    },
+    /// Show frontends, backends, counters, conntrack and links from the pinned maps.
+    Inspect {
+        #[arg(long, default_value = "/sys/fs/bpf/xdplb")]
+        bpffs: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every program, link, pin and map the agent created under --bpffs.
+    Cleanup {
+        #[arg(long, default_value = "/sys/fs/bpf/xdplb")]
+        bpffs: PathBuf,
+    },
+}
+
+/// Parses "10ms", "2s", "1m" or a bare number of milliseconds.
+fn humantime_ms(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("lb-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<u8> {
+    match Cli::parse().cmd {
+        Cmd::Run {
+            manifests,
+            node,
+            devices,
+            pod_interfaces,
+            pod_hook,
+            xdp_mode,
+            bpffs,
+            conntrack_size,
+            max_frontends,
+            min_sync_period,
+            resync_period,
+        } => {
+            let pod_patterns = pod_interfaces
+                .iter()
+                .map(|p| {
+                    glob::Pattern::new(p)
+                        .with_context(|| format!("bad --pod-interfaces glob {p:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let cfg = RunConfig {
+                manifests,
+                node,
+                bpffs,
+                selector: Selector {
+                    devices,
+                    device_hook: HookKind::Xdp,
+                    pod_patterns,
+                    pod_hook: match pod_hook {
+                        PodHook::Tc => HookKind::Tc,
+                        PodHook::Xdp => HookKind::XdpPod,
+                    },
+                },
+                sizes: MapSizes {
+                    conntrack: conntrack_size,
+                    frontends: max_frontends,
+                    ..MapSizes::default()
+                },
+                xdp_mode: match xdp_mode {
+                    XdpModeArg::Auto => aya::programs::XdpMode::Default,
+                    XdpModeArg::Native => aya::programs::XdpMode::Driver,
+                    XdpModeArg::Generic => aya::programs::XdpMode::Skb,
+                },
+                min_sync_period,
+                resync_period,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(lb_agent::run::run(cfg))?;
+            Ok(0)
+        }
+        Cmd::Plan { manifests, node } => {
+            let code = lb_agent::cli_plan::run_plan_command(&manifests, &node)?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Cmd::Inspect { bpffs, json } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&lb_agent::inspect::inspect_json(&bpffs)?)?
+                );
+            } else {
+                print!("{}", lb_agent::inspect::inspect_text(&bpffs)?);
+            }
+            Ok(0)
+        }
+        Cmd::Cleanup { bpffs } => {
+            let removed = dataplane::cleanup(&bpffs)
+                .with_context(|| format!("cleaning up {}", bpffs.display()))?;
+            for p in &removed {
+                println!("removed {}", p.display());
+            }
+            Ok(0)
+        }
+    }
+}

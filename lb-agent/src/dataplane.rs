@@ -1,0 +1,632 @@
+//! The kernel side through aya: load the programs, reuse or create the pinned maps, attach to
+//! interfaces with pinned links, and apply map writes. The only module that touches BPF.
+//!
+//! Layout under the bpffs directory given with `--bpffs`:
+//! - `maps/LB_*`: every map, pinned by name; reused as they are when the agent restarts.
+//! - `links/<hook>-<ifname>@<ifindex>`: one pinned link per attachment; it keeps the program
+//!   attached after the agent exits, and a restarted agent swaps its new program in atomically.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        tc::TcAttachOptions,
+        xdp::XdpLink,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+use lb_common::maps::{
+    Backend, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey, ALL_MAPS,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS, MAP_BACKENDS,
+    MAP_CT, MAP_FE_STATS, MAP_FRONTENDS, MAP_SLOTS,
+};
+use tracing::{debug, info, warn};
+
+use crate::maps::{Entries, MapOp};
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
+
+/// `statfs` magic of a bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors of the dataplane, with the names a user needs to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("preparing the bpffs directory {path}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting a bpffs at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("loading the eBPF object (pinned maps under {pin_dir})")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("attaching {hook} to {ifname}")]
+    Attach {
+        hook: &'static str,
+        ifname: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("removing {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        name,
+        source: Box::new(e),
+    }
+}
+
+/// Map sizes, fixed when the maps are created (resizing later would flush them).
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub frontends: u32,
+    pub slots: u32,
+    pub backends: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            frontends: DEFAULT_MAX_FRONTENDS,
+            slots: DEFAULT_MAX_SLOTS,
+            backends: DEFAULT_MAX_BACKENDS,
+            conntrack: DEFAULT_MAX_CT,
+        }
+    }
+}
+
+/// Which program an interface gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum HookKind {
+    /// XDP for node devices (packets from the wire).
+    Xdp,
+    /// XDP for pod interfaces (recognises CHECKSUM_PARTIAL seeds).
+    XdpPod,
+    /// tcx ingress.
+    Tc,
+}
+
+impl HookKind {
+    /// Name used in pin paths and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Xdp => "xdp",
+            HookKind::XdpPod => "xdppod",
+            HookKind::Tc => "tc",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            HookKind::Xdp => "lb_xdp",
+            HookKind::XdpPod => "lb_xdp_pod",
+            HookKind::Tc => "lb_tc",
+        }
+    }
+}
+
+/// Returns whether `path` is the root of a mounted bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Creates `path` and mounts a bpffs there unless one is mounted already.
+pub fn ensure_bpffs(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| DataplaneError::Bpffs {
+        path: path.into(),
+        source,
+    })?;
+    if is_bpffs(path) {
+        return Ok(());
+    }
+    info!(path = %path.display(), "mounting a bpffs");
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| DataplaneError::Mount {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Interface index of `ifname`, or None if it does not exist.
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    let c = CString::new(ifname).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
+}
+
+/// The loaded programs and pinned maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    root: PathBuf,
+    xdp_mode: XdpMode,
+    /// Attachments this agent made or adopted: (hook, ifname) -> ifindex.
+    attached: BTreeMap<(HookKind, String), u32>,
+}
+
+impl Dataplane {
+    /// Loads the programs; maps are reused from `<root>/maps` where pinned, created otherwise.
+    pub fn load(root: &Path, sizes: MapSizes, xdp_mode: XdpMode) -> Result<Self> {
+        ensure_bpffs(root)?;
+        let maps_dir = root.join("maps");
+        for dir in [&maps_dir, &root.join("links")] {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, maps_dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .map_max_entries(MAP_FRONTENDS, sizes.frontends)
+            .map_max_entries(MAP_FE_STATS, sizes.frontends + 1)
+            .map_max_entries(MAP_SLOTS, sizes.slots)
+            .map_max_entries(MAP_BACKENDS, sizes.backends)
+            .map_max_entries(MAP_CT, sizes.conntrack);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| DataplaneError::Load {
+                pin_dir: maps_dir.clone(),
+                source: Box::new(source),
+            })?;
+        for kind in [HookKind::Xdp, HookKind::XdpPod] {
+            let name = kind.program();
+            let prog: &mut Xdp = program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+        }
+        let prog: &mut SchedClassifier = program(&mut ebpf, "lb_tc")?;
+        prog.load().map_err(prog_err("lb_tc"))?;
+        info!(bpffs = %root.display(), "programs loaded, maps pinned");
+        Ok(Self {
+            ebpf,
+            root: root.into(),
+            xdp_mode,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// The service map entries as the kernel holds them now.
+    pub fn read_entries(&self) -> Result<Entries> {
+        read_entries(|name| self.ebpf.map(name))
+    }
+
+    /// Applies `ops` in order; stops at the first failure.
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<()> {
+        for op in ops {
+            debug!(?op, "map write");
+            match op {
+                MapOp::PutBackend(id, b) => {
+                    typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?
+                        .insert(id, b, 0)
+                        .map_err(map_err(MAP_BACKENDS))?;
+                }
+                MapOp::PutSlot(k, s) => {
+                    typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?
+                        .insert(k, s, 0)
+                        .map_err(map_err(MAP_SLOTS))?;
+                }
+                MapOp::ResetStats(id) => {
+                    let map = self
+                        .ebpf
+                        .map_mut(MAP_FE_STATS)
+                        .ok_or_else(|| missing(MAP_FE_STATS))?;
+                    let mut stats: PerCpuArray<_, FrontendStats> =
+                        PerCpuArray::try_from(map).map_err(map_err(MAP_FE_STATS))?;
+                    let n = aya::util::nr_cpus().map_or(1, |n| n);
+                    let zero =
+                        PerCpuValues::try_from(vec![FrontendStats::default(); n]).map_err(|e| {
+                            DataplaneError::Map {
+                                name: MAP_FE_STATS,
+                                source: Box::new(aya::maps::MapError::IoError(e)),
+                            }
+                        })?;
+                    stats.set(*id, zero, 0).map_err(map_err(MAP_FE_STATS))?;
+                }
+                MapOp::PutFrontend(k, f) => {
+                    typed_hash::<FrontendKey, Frontend>(&mut self.ebpf, MAP_FRONTENDS)?
+                        .insert(k, f, 0)
+                        .map_err(map_err(MAP_FRONTENDS))?;
+                }
+                MapOp::DelFrontend(k) => remove_ok_if_absent(
+                    typed_hash::<FrontendKey, Frontend>(&mut self.ebpf, MAP_FRONTENDS)?.remove(k),
+                    MAP_FRONTENDS,
+                )?,
+                MapOp::DelSlot(k) => remove_ok_if_absent(
+                    typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?.remove(k),
+                    MAP_SLOTS,
+                )?,
+                MapOp::DelBackend(id) => remove_ok_if_absent(
+                    typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?.remove(id),
+                    MAP_BACKENDS,
+                )?,
+            }
+        }
+        Ok(())
+    }
+
+    fn link_pin(&self, hook: HookKind, ifname: &str, ifindex: u32) -> PathBuf {
+        self.root
+            .join("links")
+            .join(format!("{}-{ifname}@{ifindex}", hook.name()))
+    }
+
+    /// Whether this agent has attached `hook` to `ifname`.
+    pub fn is_attached(&self, hook: HookKind, ifname: &str) -> bool {
+        self.attached.contains_key(&(hook, ifname.to_owned()))
+    }
+
+    /// Attaches `hook` to `ifname` with a pinned link. A link pinned by an earlier agent for the
+    /// same interface gets the new program atomically (no packet sees no program).
+    pub fn attach(&mut self, hook: HookKind, ifname: &str) -> Result<()> {
+        let idx = ifindex(ifname).ok_or_else(|| DataplaneError::NoInterface(ifname.into()))?;
+        let pin = self.link_pin(hook, ifname, idx);
+        let attach_err =
+            |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Attach {
+                hook: hook.name(),
+                ifname: ifname.into(),
+                source,
+            };
+        let old = match PinnedLink::from_pin(&pin) {
+            Ok(p) => Some(FdLink::from(p)),
+            Err(_) => None,
+        };
+        let replaced = old.is_some();
+        let new_link: FdLink = match hook {
+            HookKind::Xdp | HookKind::XdpPod => {
+                let mode = self.xdp_mode;
+                let prog: &mut Xdp = program(&mut self.ebpf, hook.program())?;
+                let id = match old {
+                    Some(fd) => {
+                        let link = XdpLink::try_from(fd).map_err(|e| attach_err(e.into()))?;
+                        prog.attach_to_link(link)
+                            .map_err(|e| attach_err(e.into()))?
+                    }
+                    None => prog
+                        .attach(ifname, mode)
+                        .map_err(|e| attach_err(e.into()))?,
+                };
+                let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
+                FdLink::try_from(link).map_err(|e| attach_err(e.into()))?
+            }
+            HookKind::Tc => {
+                let prog: &mut SchedClassifier = program(&mut self.ebpf, hook.program())?;
+                let id = match old {
+                    Some(fd) => {
+                        let link =
+                            SchedClassifierLink::try_from(fd).map_err(|e| attach_err(e.into()))?;
+                        prog.attach_to_link(link)
+                            .map_err(|e| attach_err(e.into()))?
+                    }
+                    None => prog
+                        .attach_with_options(
+                            ifname,
+                            TcAttachType::Ingress,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .map_err(|e| attach_err(e.into()))?,
+                };
+                let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
+                FdLink::try_from(link).map_err(|e| attach_err(e.into()))?
+            }
+        };
+        if replaced {
+            // The pin already names this link; dropping our fd leaves it attached.
+            drop(new_link);
+        } else {
+            new_link.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+        }
+        info!(
+            hook = hook.name(),
+            ifname,
+            ifindex = idx,
+            replaced,
+            "attached"
+        );
+        self.attached.insert((hook, ifname.to_owned()), idx);
+        Ok(())
+    }
+
+    /// Removes link pins whose interface is gone or was recreated (another ifindex), or whose
+    /// hook is not the one `wanted` names for the interface any more, and forgets them.
+    /// Returns (hook, ifname) of what was removed.
+    pub fn prune_links(&mut self, wanted: &BTreeMap<String, HookKind>) -> Vec<(String, String)> {
+        let mut removed = Vec::new();
+        for (hook, ifname, idx, path) in pinned_links(&self.root) {
+            let gone = ifindex(&ifname) != Some(idx);
+            let unwanted = wanted.get(&ifname).map(|h| h.name()) != Some(hook.as_str());
+            if !(gone || unwanted) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => info!(hook, ifname, ifindex = idx, gone, "link unpinned"),
+                Err(e) => warn!(path = %path.display(), error = %e, "could not unpin link"),
+            }
+            self.attached
+                .retain(|(h, n), i| !(h.name() == hook && *n == ifname && *i == idx));
+            removed.push((hook, ifname));
+        }
+        removed
+    }
+
+    /// Runs `hook`'s program once per `repeat` on `packet` through BPF_PROG_TEST_RUN; the
+    /// rewritten packet lands in `out`.
+    pub fn test_run(
+        &mut self,
+        hook: HookKind,
+        packet: &[u8],
+        out: &mut [u8],
+        repeat: u32,
+    ) -> Result<aya::programs::TestRunResult> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(out),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let name = hook.program();
+        match hook {
+            HookKind::Xdp | HookKind::XdpPod => {
+                let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+                prog.test_run(opts).map_err(prog_err(name))
+            }
+            HookKind::Tc => {
+                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+                prog.test_run(opts).map_err(prog_err(name))
+            }
+        }
+    }
+}
+
+/// Every pinned link under `root`: (hook name, ifname, ifindex, path).
+pub fn pinned_links(root: &Path) -> Vec<(String, String, u32, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir(root.join("links")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((hook, rest)) = name.split_once('-') else {
+            continue;
+        };
+        let Some((ifname, idx)) = rest.rsplit_once('@') else {
+            continue;
+        };
+        if let Ok(idx) = idx.parse() {
+            out.push((hook.to_owned(), ifname.to_owned(), idx, entry.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
+    move |e| DataplaneError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DataplaneError::Program {
+            name,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?;
+    prog.try_into().map_err(prog_err(name))
+}
+
+fn missing(name: &'static str) -> DataplaneError {
+    DataplaneError::Map {
+        name,
+        source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
+    }
+}
+
+fn typed_hash<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>> {
+    let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
+fn remove_ok_if_absent(r: Result<(), aya::maps::MapError>, name: &'static str) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// Reads the service maps through `get` (loaded maps or pinned ones).
+pub fn read_entries<'a>(get: impl Fn(&'static str) -> Option<&'a Map>) -> Result<Entries> {
+    let mut out = Entries::default();
+    let fe: HashMap<_, FrontendKey, Frontend> =
+        HashMap::try_from(get(MAP_FRONTENDS).ok_or_else(|| missing(MAP_FRONTENDS))?)
+            .map_err(map_err(MAP_FRONTENDS))?;
+    for kv in fe.iter() {
+        let (k, v) = kv.map_err(map_err(MAP_FRONTENDS))?;
+        out.frontends.insert(k, v);
+    }
+    let slots: HashMap<_, SlotKey, Slot> =
+        HashMap::try_from(get(MAP_SLOTS).ok_or_else(|| missing(MAP_SLOTS))?)
+            .map_err(map_err(MAP_SLOTS))?;
+    for kv in slots.iter() {
+        let (k, v) = kv.map_err(map_err(MAP_SLOTS))?;
+        out.slots.insert(k, v);
+    }
+    let backends: HashMap<_, u32, Backend> =
+        HashMap::try_from(get(MAP_BACKENDS).ok_or_else(|| missing(MAP_BACKENDS))?)
+            .map_err(map_err(MAP_BACKENDS))?;
+    for kv in backends.iter() {
+        let (k, v) = kv.map_err(map_err(MAP_BACKENDS))?;
+        out.backends.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// The pinned maps of an agent, opened read-only for `inspect`.
+pub struct Pinned {
+    maps: BTreeMap<&'static str, Map>,
+}
+
+impl Pinned {
+    /// Opens every map pinned under `<root>/maps`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let mut maps = BTreeMap::new();
+        for name in ALL_MAPS {
+            let path = root.join("maps").join(name);
+            let data = MapData::from_pin(&path).map_err(map_err(name))?;
+            maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
+        }
+        Ok(Self { maps })
+    }
+
+    /// A map by name.
+    pub fn map(&self, name: &'static str) -> Option<&Map> {
+        self.maps.get(name)
+    }
+
+    /// The service map entries.
+    pub fn entries(&self) -> Result<Entries> {
+        read_entries(|n| self.maps.get(n))
+    }
+
+    /// Per-frontend counters summed over CPUs.
+    pub fn frontend_stats(&self, id: u32) -> Result<FrontendStats> {
+        let m = self
+            .map(MAP_FE_STATS)
+            .ok_or_else(|| missing(MAP_FE_STATS))?;
+        let a: PerCpuArray<_, FrontendStats> =
+            PerCpuArray::try_from(m).map_err(map_err(MAP_FE_STATS))?;
+        let v = a.get(&id, 0).map_err(map_err(MAP_FE_STATS))?;
+        Ok(v.iter()
+            .fold(FrontendStats::default(), |acc, s| FrontendStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+                new_flows: acc.new_flows + s.new_flows,
+            }))
+    }
+
+    /// Verdict counters summed over CPUs, by reason index.
+    pub fn verdicts(&self) -> Result<Vec<lb_common::maps::Counter>> {
+        let name = lb_common::maps::MAP_VERDICTS;
+        let m = self.map(name).ok_or_else(|| missing(name))?;
+        let a: PerCpuArray<_, lb_common::maps::Counter> =
+            PerCpuArray::try_from(m).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for v in a.iter() {
+            let v = v.map_err(map_err(name))?;
+            out.push(
+                v.iter()
+                    .fold(lb_common::maps::Counter::default(), |acc, c| {
+                        lb_common::maps::Counter {
+                            packets: acc.packets + c.packets,
+                            bytes: acc.bytes + c.bytes,
+                        }
+                    }),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The conntrack table.
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let m = self.map(MAP_CT).ok_or_else(|| missing(MAP_CT))?;
+        let h: HashMap<_, CtKey, CtEntry> = HashMap::try_from(m).map_err(map_err(MAP_CT))?;
+        let mut out = Vec::new();
+        for kv in h.iter() {
+            out.push(kv.map_err(map_err(MAP_CT))?);
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+}
+
+/// Removes everything an agent pinned under `root`: links first (which detaches the programs),
+/// then maps, then the directories. Returns what it removed.
+pub fn cleanup(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (_, _, _, path) in pinned_links(root) {
+        std::fs::remove_file(&path).map_err(|source| DataplaneError::Remove {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path);
+    }
+    for name in ALL_MAPS {
+        let path = root.join("maps").join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Remove { path, source }),
+        }
+    }
+    for dir in [root.join("links"), root.join("maps")] {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Remove { path: dir, source }),
+        }
+    }
+    Ok(removed)
+}

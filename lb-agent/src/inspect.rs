@@ -1,0 +1,191 @@
+//! `lb-agent inspect`: what the pinned maps hold, from the maps alone.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use lb_common::{
+    maps::{
+        CtEntry, CtKey, CT_DIR_ORIGINAL, CT_F_CLOSING, FE_F_REJECT_EMPTY, PROTO_TCP, PROTO_UDP,
+    },
+    verdict::Reason,
+};
+use serde_json::json;
+
+use crate::dataplane::{pinned_links, Pinned};
+
+fn addr(raw: u32, port_raw: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(raw.to_ne_bytes()), u16::from_be(port_raw))
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        other => other.to_string(),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything `inspect` shows, as JSON.
+pub fn inspect_json(root: &Path) -> Result<serde_json::Value> {
+    let pinned = Pinned::open(root).with_context(|| {
+        format!(
+            "opening the maps pinned under {}",
+            root.join("maps").display()
+        )
+    })?;
+    let entries = pinned.entries()?;
+    let mut frontends = Vec::new();
+    for (k, f) in &entries.frontends {
+        let mut backends = Vec::new();
+        for slot in 0..f.slot_count {
+            let s = entries.slots.get(&lb_common::maps::SlotKey {
+                frontend_id: f.id,
+                slot,
+            });
+            let b = s.and_then(|s| {
+                entries
+                    .backends
+                    .get(&s.backend_id)
+                    .map(|b| (s.backend_id, b))
+            });
+            backends.push(match b {
+                Some((id, b)) => json!({"slot": slot, "backend_id": id, "addr": addr(b.addr_be, b.port_be).to_string()}),
+                None => json!({"slot": slot, "backend_id": s.map(|s| s.backend_id), "addr": null}),
+            });
+        }
+        let st = pinned.frontend_stats(f.id)?;
+        frontends.push(json!({
+            "frontend": addr(k.addr_be, k.port_be).to_string(),
+            "protocol": proto_name(k.proto),
+            "id": f.id,
+            "on_empty": if f.flags & FE_F_REJECT_EMPTY != 0 { "reject" } else { "drop" },
+            "affinity_timeout_seconds": f.affinity_timeout_s,
+            "backends": backends,
+            "packets": st.packets, "bytes": st.bytes, "new_flows": st.new_flows,
+        }));
+    }
+    let verdicts: BTreeMap<&str, serde_json::Value> = pinned
+        .verdicts()?
+        .iter()
+        .zip(Reason::ALL)
+        .map(|(c, r)| (r.name(), json!({"packets": c.packets, "bytes": c.bytes})))
+        .collect();
+    let now = now_ns();
+    let conntrack: Vec<_> = pinned
+        .conntrack()?
+        .iter()
+        .map(|(k, e)| ct_json(k, e, now))
+        .collect();
+    let links: Vec<_> = pinned_links(root)
+        .into_iter()
+        .map(|(hook, ifname, idx, _)| json!({"hook": hook, "ifname": ifname, "ifindex": idx}))
+        .collect();
+    Ok(
+        json!({"frontends": frontends, "verdicts": verdicts, "conntrack": conntrack, "links": links}),
+    )
+}
+
+fn ct_json(k: &CtKey, e: &CtEntry, now: u64) -> serde_json::Value {
+    json!({
+        "protocol": proto_name(k.proto),
+        "direction": if k.dir == CT_DIR_ORIGINAL { "original" } else { "reply" },
+        "src": addr(k.saddr_be, k.sport_be).to_string(),
+        "dst": addr(k.daddr_be, k.dport_be).to_string(),
+        "nat": addr(e.nat_addr_be, e.nat_port_be).to_string(),
+        "backend_id": e.backend_id,
+        "frontend_id": e.frontend_id,
+        "closing": e.flags & CT_F_CLOSING != 0,
+        "age_seconds": now.saturating_sub(e.created_ns) / 1_000_000_000,
+        "idle_seconds": now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+    })
+}
+
+/// The same as [`inspect_json`], for people.
+pub fn inspect_text(root: &Path) -> Result<String> {
+    let v = inspect_json(root)?;
+    let mut out = String::new();
+    let empty = Vec::new();
+    let list = |key: &str| v[key].as_array().unwrap_or(&empty).clone();
+    writeln!(out, "Frontends:")?;
+    for f in list("frontends") {
+        writeln!(
+            out,
+            "  {} {}  id {}  {} backends  on-empty {}  packets {}  bytes {}  new flows {}",
+            f["protocol"].as_str().unwrap_or(""),
+            f["frontend"].as_str().unwrap_or(""),
+            f["id"],
+            f["backends"].as_array().map_or(0, |b| b.len()),
+            f["on_empty"].as_str().unwrap_or(""),
+            f["packets"],
+            f["bytes"],
+            f["new_flows"],
+        )?;
+        for b in f["backends"].as_array().unwrap_or(&empty) {
+            writeln!(
+                out,
+                "    slot {:>3} -> backend {:>4} {}",
+                b["slot"],
+                b["backend_id"],
+                b["addr"].as_str().unwrap_or("(missing)")
+            )?;
+        }
+    }
+    writeln!(out, "Verdicts:")?;
+    if let Some(m) = v["verdicts"].as_object() {
+        for r in Reason::ALL {
+            let c = &m[r.name()];
+            writeln!(
+                out,
+                "  {:<20} packets {:>10}  bytes {:>12}",
+                r.name(),
+                c["packets"],
+                c["bytes"]
+            )?;
+        }
+    }
+    let ct = list("conntrack");
+    writeln!(out, "Conntrack ({} entries):", ct.len())?;
+    for e in ct {
+        writeln!(
+            out,
+            "  {} {:<8} {} -> {}  nat {}  backend {} frontend {}  age {}s idle {}s{}",
+            e["protocol"].as_str().unwrap_or(""),
+            e["direction"].as_str().unwrap_or(""),
+            e["src"].as_str().unwrap_or(""),
+            e["dst"].as_str().unwrap_or(""),
+            e["nat"].as_str().unwrap_or(""),
+            e["backend_id"],
+            e["frontend_id"],
+            e["age_seconds"],
+            e["idle_seconds"],
+            if e["closing"].as_bool() == Some(true) {
+                "  closing"
+            } else {
+                ""
+            },
+        )?;
+    }
+    writeln!(out, "Links:")?;
+    for l in list("links") {
+        writeln!(
+            out,
+            "  {} on {} (ifindex {})",
+            l["hook"].as_str().unwrap_or(""),
+            l["ifname"].as_str().unwrap_or(""),
+            l["ifindex"]
+        )?;
+    }
+    Ok(out)
+}
