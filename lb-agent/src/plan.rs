@@ -227,6 +227,11 @@ impl NodeInfo {
             .rev()
             .find(|n| n.metadata.name.as_deref() == Some(node_name))
         else {
+            diagnostics.push(Diagnostic::object(
+                "Node",
+                node_name,
+                "node not found in the snapshot: no NodePort frontends, no zone for topology hints",
+            ));
             return info;
         };
         info.zone = node
