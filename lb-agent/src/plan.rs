@@ -662,10 +662,10 @@ fn collect_endpoints(
             continue;
         }
         for slice_port in slice.ports.as_deref().unwrap_or_default() {
-            // A port without a name (nil, not "") is ignored, as is a missing or zero number.
-            let Some(name) = slice_port.name.as_deref() else {
-                continue;
-            };
+            // The API server defaults a missing name to "" and a missing protocol to TCP
+            // (discovery/v1 SetDefaults_EndpointPort), so kube-proxy's "nil name" case cannot
+            // come from the API; a missing or zero port number is ignored, as upstream does.
+            let name = slice_port.name.as_deref().unwrap_or("");
             let protocol = slice_port.protocol.as_deref().unwrap_or("TCP");
             if name != port.port_name || Protocol::from_k8s(protocol) != Some(port.protocol) {
                 continue;

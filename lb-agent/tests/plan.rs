@@ -142,9 +142,11 @@ plan_cases! {
     unnamed_port_matches_the_slice_port_named_empty =>
         "unnamed-port-matches-the-slice-port-named-empty";
 
-    /// Test that a slice port with no name field at all matches no ServicePort
-    /// (upstream: endpointslicecache.go endpointInfoByServicePort, "Ignoring port with nil name").
-    slice_port_without_a_name_field_is_ignored => "slice-port-without-a-name-field-is-ignored";
+    /// Test that a slice port without name or protocol is the unnamed TCP port, as the API
+    /// server defaults it (upstream: apis/discovery/v1/defaults.go SetDefaults_EndpointPort;
+    /// kube-proxy's nil-name check in endpointslicecache.go cannot see such a port).
+    slice_port_without_name_or_protocol_gets_the_api_defaults =>
+        "slice-port-without-name-or-protocol-gets-the-api-defaults";
 
     /// Test that a dual-stack Service gets ClusterIP and NodePort frontends per family, each with
     /// endpoints of its own family and IPv6 backends printed as [addr]:port (upstream:
