@@ -1090,4 +1090,155 @@ mod tests {
         ];
         assert_eq!(topology_mode(&eps, "n", "a"), TopologyMode::None);
     }
+
+    /// A port for `categorize`: ClusterIP only, or with a nodePort (externally accessible).
+    fn port(internal_local: bool, external_local: bool, node_port: u16) -> PortInfo {
+        PortInfo {
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port,
+            cluster_ip: "10.96.0.1".parse().unwrap(),
+            external_ips: Vec::new(),
+            load_balancer_vips: Vec::new(),
+            affinity_timeout: None,
+            external_policy_local: external_local,
+            internal_policy_local: internal_local,
+        }
+    }
+
+    fn addrs(eps: &Option<Vec<Ep>>) -> Option<Vec<String>> {
+        eps.as_ref()
+            .map(|v| v.iter().map(|e| e.addr.to_string()).collect())
+    }
+
+    fn strings(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Test that CategorizeEndpoints' traffic-policy cases come out as upstream's
+    /// topology_test.go TestCategorizeEndpoints expects (terminating endpoints enabled, as GA).
+    #[test]
+    fn categorize_matches_upstream_traffic_policy_cases() {
+        let node = NodeInfo {
+            name: "node-a".into(),
+            zone: String::new(),
+            internal_ips: Vec::new(),
+        };
+        // (name, port, endpoints, cluster, local, has_any)
+        type Case = (
+            &'static str,
+            PortInfo,
+            Vec<Ep>,
+            Option<Vec<String>>,
+            Option<Vec<String>>,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "internalTrafficPolicy: Local, with empty endpoints",
+                port(true, false, 0),
+                vec![],
+                None,
+                None,
+                false,
+            ),
+            (
+                "internalTrafficPolicy: Local, but all endpoints are remote",
+                port(true, false, 0),
+                vec![
+                    ep("10.0.0.0:80", true, true, false, false, &[]),
+                    ep("10.0.0.1:80", true, true, false, false, &[]),
+                ],
+                None,
+                strings(&[]),
+                true,
+            ),
+            (
+                "internalTrafficPolicy: Local, some endpoints are local",
+                port(true, false, 0),
+                vec![
+                    ep("10.0.0.0:80", true, true, false, true, &[]),
+                    ep("10.0.0.1:80", true, true, false, false, &[]),
+                ],
+                None,
+                strings(&["10.0.0.0:80"]),
+                true,
+            ),
+            (
+                "Cluster traffic policy, endpoints not Ready",
+                port(false, false, 0),
+                vec![
+                    ep("10.0.0.0:80", false, false, false, false, &[]),
+                    ep("10.0.0.1:80", false, false, false, false, &[]),
+                ],
+                strings(&[]),
+                None,
+                false,
+            ),
+            (
+                "Cluster traffic policy, all endpoints are terminating",
+                port(false, false, 0),
+                vec![
+                    ep("10.0.0.0:80", false, true, true, true, &[]),
+                    ep("10.0.0.1:80", false, true, true, false, &[]),
+                ],
+                strings(&["10.0.0.0:80", "10.0.0.1:80"]),
+                None,
+                true,
+            ),
+            (
+                "iTP: Local, eTP: Cluster, some endpoints local",
+                port(true, false, 8080),
+                vec![
+                    ep("10.0.0.0:80", true, true, false, true, &[]),
+                    ep("10.0.0.1:80", true, true, false, false, &[]),
+                ],
+                strings(&["10.0.0.0:80", "10.0.0.1:80"]),
+                strings(&["10.0.0.0:80"]),
+                true,
+            ),
+            (
+                "iTP: Local, eTP: Local, all endpoints remote and terminating",
+                port(true, true, 8080),
+                vec![
+                    ep("10.0.0.0:80", false, true, true, false, &[]),
+                    ep("10.0.0.1:80", false, true, true, false, &[]),
+                ],
+                strings(&["10.0.0.0:80", "10.0.0.1:80"]),
+                strings(&[]),
+                true,
+            ),
+            (
+                "iTP: Cluster, eTP: Local, with terminating endpoints",
+                port(false, true, 8080),
+                vec![
+                    ep("10.0.0.0:80", true, true, false, false, &[]),
+                    ep("10.0.0.1:80", false, false, false, true, &[]),
+                    ep("10.0.0.2:80", false, true, true, true, &[]),
+                    ep("10.0.0.3:80", false, true, true, false, &[]),
+                ],
+                strings(&["10.0.0.0:80"]),
+                strings(&["10.0.0.2:80"]),
+                true,
+            ),
+            (
+                "no cluster endpoints for iTP:Local internal-only service",
+                port(true, false, 0),
+                vec![
+                    ep("10.0.0.0:80", true, true, false, false, &[]),
+                    ep("10.0.0.1:80", true, true, false, true, &[]),
+                ],
+                None,
+                strings(&["10.0.0.1:80"]),
+                true,
+            ),
+        ];
+        for (name, port, endpoints, cluster, local, has_any) in cases {
+            let got = categorize(&endpoints, &port, &node);
+            assert_eq!(addrs(&got.cluster), cluster, "{name}: cluster endpoints");
+            assert_eq!(addrs(&got.local), local, "{name}: local endpoints");
+            assert_eq!(got.has_any, has_any, "{name}: hasAnyEndpoints");
+        }
+    }
 }
