@@ -36,7 +36,7 @@ use crate::maps::{Entries, MapOp};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
 
 /// `statfs` magic of a bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
 
 /// Errors of the dataplane, with the names a user needs to act on them.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ impl HookKind {
 /// Returns whether `path` is the root of a mounted bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

@@ -394,3 +394,276 @@ pub fn apply_in_memory(entries: &mut Entries, ops: &[MapOp]) {
         }
     }
 }
+
+/// A sorted text dump of map entries, one line each: for golden tests and debugging.
+/// Frontends sort by their text; slots and backends by id.
+pub fn dump(e: &Entries) -> String {
+    use std::fmt::Write as _;
+    let addr = |a: u32, p: u16| {
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::from(a.to_ne_bytes()), u16::from_be(p))
+    };
+    let mut out = String::new();
+    let mut lines = Vec::new();
+    for (k, f) in &e.frontends {
+        lines.push(format!(
+            "frontend {}/{} id={} slots={} flags={} affinity={}",
+            addr(k.addr_be, k.port_be),
+            k.proto,
+            f.id,
+            f.slot_count,
+            f.flags,
+            f.affinity_timeout_s
+        ));
+    }
+    lines.sort();
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    for (k, s) in &e.slots {
+        let _ = writeln!(out, "slot {}/{} -> {}", k.frontend_id, k.slot, s.backend_id);
+    }
+    for (id, b) in &e.backends {
+        let _ = writeln!(
+            out,
+            "backend {id} {}/{}",
+            addr(b.addr_be, b.port_be),
+            b.proto
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Frontend as PlanFrontend, FrontendKind};
+
+    fn fe(ip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> PlanFrontend {
+        PlanFrontend {
+            service: "ns/svc".into(),
+            port_name: String::new(),
+            kind: FrontendKind::ClusterIP,
+            ip: ip.parse().unwrap(),
+            port,
+            protocol,
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            on_empty: backends.is_empty().then_some(OnEmpty::Reject),
+            affinity_timeout_seconds: None,
+        }
+    }
+
+    fn plan(frontends: Vec<PlanFrontend>) -> Plan {
+        Plan { frontends }
+    }
+
+    const CAP: Capacity = Capacity {
+        frontends: 8,
+        backends: 8,
+    };
+
+    /// Test that a plan becomes the expected entries (golden dump).
+    #[test]
+    fn plan_becomes_frontends_slots_and_backends() {
+        let mut ids = Ids::new(CAP);
+        let (e, skipped) = desired(
+            &plan(vec![
+                fe(
+                    "10.96.0.10",
+                    80,
+                    Protocol::Tcp,
+                    &["10.244.0.11:8080", "10.244.0.12:8080"],
+                ),
+                fe("10.96.0.10", 53, Protocol::Udp, &["10.244.0.11:53"]),
+                fe("10.96.0.11", 80, Protocol::Tcp, &[]),
+            ]),
+            &mut ids,
+        );
+        assert!(skipped.is_empty());
+        pretty_assertions::assert_eq!(
+            dump(&e),
+            "\
+frontend 10.96.0.10:53/17 id=2 slots=1 flags=0 affinity=0
+frontend 10.96.0.10:80/6 id=1 slots=2 flags=0 affinity=0
+frontend 10.96.0.11:80/6 id=3 slots=0 flags=1 affinity=0
+slot 1/0 -> 1
+slot 1/1 -> 2
+slot 2/0 -> 3
+backend 1 10.244.0.11:8080/6
+backend 2 10.244.0.12:8080/6
+backend 3 10.244.0.11:53/17
+"
+        );
+    }
+
+    /// Test that ids stay with their frontend and backend across syncs, and that a freed id
+    /// is reused only in a later sync.
+    #[test]
+    fn ids_are_stable_and_reused_only_after_a_sync() {
+        let mut ids = Ids::new(CAP);
+        let a = fe("10.96.0.1", 80, Protocol::Tcp, &["10.244.0.1:80"]);
+        let b = fe("10.96.0.2", 80, Protocol::Tcp, &["10.244.0.2:80"]);
+        let c = fe("10.96.0.3", 80, Protocol::Tcp, &["10.244.0.3:80"]);
+        let (e1, _) = desired(&plan(vec![a.clone(), b.clone()]), &mut ids);
+        // b goes, c comes in the same sync: c must not take b's id yet.
+        let (e2, _) = desired(&plan(vec![a.clone(), c.clone()]), &mut ids);
+        let id = |e: &Entries, ip: &str| {
+            let k = FrontendKey {
+                addr_be: raw_v4(ip.parse().unwrap()),
+                port_be: raw_port(80),
+                proto: PROTO_TCP,
+                scope: 0,
+            };
+            e.frontends[&k].id
+        };
+        assert_eq!(id(&e1, "10.96.0.1"), id(&e2, "10.96.0.1"));
+        assert_ne!(id(&e2, "10.96.0.3"), id(&e1, "10.96.0.2"));
+        assert!(
+            !e2.backends.contains_key(&2),
+            "b's backend id 2 is not reused yet"
+        );
+        // Next sync: a new frontend may take the freed id.
+        let d = fe("10.96.0.4", 80, Protocol::Tcp, &["10.244.0.4:80"]);
+        let (e3, _) = desired(&plan(vec![a, c, d]), &mut ids);
+        assert_eq!(id(&e3, "10.96.0.4"), id(&e1, "10.96.0.2"));
+    }
+
+    /// Test that the diff adds backends, slots, then frontends, and deletes in reverse.
+    #[test]
+    fn diff_orders_writes_so_no_frontend_points_at_missing_entries() {
+        let mut ids = Ids::new(CAP);
+        let (old, _) = desired(
+            &plan(vec![fe(
+                "10.96.0.1",
+                80,
+                Protocol::Tcp,
+                &["10.244.0.1:80", "10.244.0.2:80"],
+            )]),
+            &mut ids,
+        );
+        let (new, _) = desired(
+            &plan(vec![fe("10.96.0.2", 80, Protocol::Tcp, &["10.244.0.3:80"])]),
+            &mut ids,
+        );
+        let ops = diff(&old, &new);
+        let rank = |op: &MapOp| match op {
+            MapOp::PutBackend(..) => 0,
+            MapOp::PutSlot(..) => 1,
+            MapOp::ResetStats(_) => 2,
+            MapOp::PutFrontend(..) => 3,
+            MapOp::DelFrontend(_) => 4,
+            MapOp::DelSlot(_) => 5,
+            MapOp::DelBackend(_) => 6,
+        };
+        assert!(
+            ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            "{ops:#?}"
+        );
+        let mut applied = old.clone();
+        apply_in_memory(&mut applied, &ops);
+        assert_eq!(applied, new);
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    /// Test that every prefix of the ordered writes leaves each frontend's slots and backends
+    /// present (no packet sees a half-built frontend).
+    #[test]
+    fn every_prefix_of_the_writes_is_consistent() {
+        let mut ids = Ids::new(CAP);
+        let steps = [
+            vec![fe(
+                "10.96.0.1",
+                80,
+                Protocol::Tcp,
+                &["10.244.0.1:80", "10.244.0.2:80", "10.244.0.3:80"],
+            )],
+            vec![fe("10.96.0.1", 80, Protocol::Tcp, &["10.244.0.2:80"])],
+            vec![
+                fe(
+                    "10.96.0.1",
+                    80,
+                    Protocol::Tcp,
+                    &["10.244.0.4:80", "10.244.0.5:80"],
+                ),
+                fe("10.96.0.2", 53, Protocol::Udp, &["10.244.0.4:53"]),
+            ],
+            vec![],
+        ];
+        let mut current = Entries::default();
+        for step in steps {
+            let (want, _) = desired(&plan(step), &mut ids);
+            let ops = diff(&current, &want);
+            for n in 0..=ops.len() {
+                let mut e = current.clone();
+                apply_in_memory(&mut e, &ops[..n]);
+                for f in e.frontends.values() {
+                    for slot in 0..f.slot_count {
+                        let s = e.slots.get(&SlotKey {
+                            frontend_id: f.id,
+                            slot,
+                        });
+                        let s = s.unwrap_or_else(|| {
+                            panic!("slot {slot} of {} missing after {n} ops", f.id)
+                        });
+                        assert!(e.backends.contains_key(&s.backend_id));
+                    }
+                }
+            }
+            current = want;
+        }
+        assert_eq!(current, Entries::default());
+    }
+
+    /// Test that frontends the dataplane cannot serve yet are reported, not programmed.
+    #[test]
+    fn ipv6_and_sctp_frontends_are_skipped_with_a_reason() {
+        let mut ids = Ids::new(CAP);
+        let (e, skipped) = desired(
+            &plan(vec![
+                fe("fd00::10", 80, Protocol::Tcp, &["[fd00::1]:80"]),
+                fe("10.96.0.1", 80, Protocol::Sctp, &["10.244.0.1:80"]),
+                fe("10.96.0.2", 80, Protocol::Tcp, &["10.244.0.1:80"]),
+            ]),
+            &mut ids,
+        );
+        assert_eq!(skipped.len(), 2);
+        assert!(skipped[0].to_string().contains("IPv6"));
+        assert!(skipped[1].to_string().contains("SCTP"));
+        assert_eq!(e.frontends.len(), 1);
+    }
+
+    /// Test that ids are adopted from pinned entries after a restart: same ids, no diff.
+    #[test]
+    fn a_restarted_agent_adopts_the_pinned_ids() {
+        let p = plan(vec![
+            fe(
+                "10.96.0.1",
+                80,
+                Protocol::Tcp,
+                &["10.244.0.1:80", "10.244.0.2:80"],
+            ),
+            fe("10.96.0.2", 80, Protocol::Tcp, &["10.244.0.2:80"]),
+        ]);
+        let (pinned, _) = desired(&p, &mut Ids::new(CAP));
+        let mut ids = Ids::adopt(CAP, &pinned);
+        let (again, _) = desired(&p, &mut ids);
+        assert!(diff(&pinned, &again).is_empty());
+    }
+
+    /// Test that running out of frontend ids is reported and the rest still programmed.
+    #[test]
+    fn capacity_exhaustion_is_reported() {
+        let mut ids = Ids::new(Capacity {
+            frontends: 1,
+            backends: 8,
+        });
+        let (e, skipped) = desired(
+            &plan(vec![
+                fe("10.96.0.1", 80, Protocol::Tcp, &["10.244.0.1:80"]),
+                fe("10.96.0.2", 80, Protocol::Tcp, &["10.244.0.1:80"]),
+            ]),
+            &mut ids,
+        );
+        assert_eq!(e.frontends.len(), 1);
+        assert!(matches!(skipped[..], [Skipped::FrontendsFull { .. }]));
+    }
+}
