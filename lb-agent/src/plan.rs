@@ -372,7 +372,7 @@ struct ServiceInfo<'a> {
     key: &'a str,
     namespace: String,
     name: String,
-    /// Parsed spec.clusterIPs paired with their family, as GetClusterIPByFamily picks them.
+    /// At most one clusterIP per family, as GetClusterIPByFamily picks them.
     cluster_ips: Vec<IpAddr>,
     external_ips: Vec<IpAddr>,
     load_balancer_vips: Vec<IpAddr>,
