@@ -112,8 +112,8 @@ fn ct_json(k: &CtKey, e: &CtEntry, now: u64) -> serde_json::Value {
     })
 }
 
-/// The same as [`inspect_json`], for people.
-pub fn inspect_text(root: &Path) -> Result<String> {
+/// The same as [`inspect_json`], for people; at most `conntrack_limit` conntrack entries.
+pub fn inspect_text(root: &Path, conntrack_limit: Option<usize>) -> Result<String> {
     let v = inspect_json(root)?;
     let mut out = String::new();
     let empty = Vec::new();
@@ -157,7 +157,11 @@ pub fn inspect_text(root: &Path) -> Result<String> {
     }
     let ct = list("conntrack");
     writeln!(out, "Conntrack ({} entries):", ct.len())?;
-    for e in ct {
+    let shown = conntrack_limit.unwrap_or(ct.len());
+    if shown < ct.len() {
+        writeln!(out, "  (showing {shown})")?;
+    }
+    for e in ct.into_iter().take(shown) {
         writeln!(
             out,
             "  {} {:<8} {} -> {}  nat {}  backend {} frontend {}  age {}s idle {}s{}",

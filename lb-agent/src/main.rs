@@ -92,6 +92,9 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Show at most this many conntrack entries (text output).
+        #[arg(long)]
+        conntrack_limit: Option<usize>,
     },
     /// Remove every program, link, pin and map the agent created under --bpffs.
     Cleanup {
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main() {
         Ok(code) => ExitCode::from(code),
@@ -187,14 +191,18 @@ fn real_main() -> Result<u8> {
             let code = lb_agent::cli_plan::run_plan_command(&manifests, &node)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
-        Cmd::Inspect { bpffs, json } => {
+        Cmd::Inspect {
+            bpffs,
+            json,
+            conntrack_limit,
+        } => {
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&lb_agent::inspect::inspect_json(&bpffs)?)?
                 );
             } else {
-                print!("{}", lb_agent::inspect::inspect_text(&bpffs)?);
+                print!("{}", lb_agent::inspect::inspect_text(&bpffs, conntrack_limit)?);
             }
             Ok(0)
         }

@@ -53,7 +53,14 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
     let profile = if opts.debug { "debug" } else { "release" };
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&dir)
-        .args(["+nightly", "build", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "+nightly",
+            "build",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .env("PATH", std::env::join_paths(paths)?)
         // BTF from DWARF: bpftool prints every map's key and value fields by name.
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
@@ -65,7 +72,10 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
         cmd.arg("--release");
     }
     run(&mut cmd).context("building lb-ebpf")?;
-    let built = dir.join("target/bpfel-unknown-none").join(profile).join("lb-ebpf");
+    let built = dir
+        .join("target/bpfel-unknown-none")
+        .join(profile)
+        .join("lb-ebpf");
     let dest = ebpf_object();
     std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
     std::fs::copy(&built, &dest)
@@ -97,7 +107,14 @@ pub fn test(opts: &TestOpts) -> Result<()> {
     build_all()?;
     if !opts.no_lint {
         run(cargo().args(["fmt", "--all", "--check"])).context("run `cargo fmt --all`")?;
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     // Integration tests run the release agent binary built above.
     run(cargo()

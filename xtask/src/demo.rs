@@ -1,13 +1,178 @@
-//! The demo: a node of network namespaces, pods, a ClusterIP service and real traffic.
+//! The demo: a node of network namespaces with a client pod and three backend pods, the agent
+//! programming a ClusterIP Service from examples/manifests, real TCP and UDP traffic, what the
+//! maps hold, a live change of the endpoints, and a clean exit.
 
-use anyhow::Result;
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use lb_tests::{tcp_spread, udp_spread, BpffsGuard, Node, Spread, TempDir, POD_IFACE_GLOB};
+
+use crate::build::{self, root};
 
 /// Options of `demo`.
 #[derive(Args, Default)]
-pub struct DemoOpts {}
+pub struct DemoOpts {
+    /// Connections (and UDP flows) per round.
+    #[arg(long, default_value_t = 300)]
+    pub connections: usize,
+    /// Program for pod interfaces: tc or xdp.
+    #[arg(long, default_value = "tc")]
+    pub pod_hook: String,
+    /// Skip building (use the binaries already built).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+const TCP_VIP: &str = "10.96.0.10:80";
+const UDP_VIP: &str = "10.96.0.10:53";
+
+fn title(s: &str) {
+    println!("\n=== {s}");
+}
+
+fn histogram(what: &str, s: &Spread) {
+    let total: usize = s.counts.values().sum();
+    println!("{what}: {total} answered, {} failed", s.failures);
+    for (backend, n) in &s.counts {
+        let pct = 100.0 * *n as f64 / total.max(1) as f64;
+        println!("  {backend:<8} {n:>5}  {pct:5.1}%  {}", "#".repeat((pct / 2.0) as usize));
+    }
+}
+
+fn agent_cmd(agent: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(agent);
+    c.args(args);
+    c
+}
+
+/// Waits until `f` holds or `timeout` passes.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
 
 /// Runs the demo.
-pub fn demo(_opts: &DemoOpts) -> Result<()> {
-    anyhow::bail!("the demo is not written yet")
+pub fn demo(opts: &DemoOpts) -> Result<()> {
+    if !opts.no_build {
+        crate::setup::debian_packages()?;
+        build::build_all()?;
+    }
+    let agent = root().join("target/release/lb-agent");
+    if !agent.exists() {
+        bail!("{} is missing: run `cargo xtask build`", agent.display());
+    }
+    let agent_s = agent.to_str().context("agent path is not UTF-8")?;
+
+    title("Topology: node netns, client pod 10.244.0.2, pods echo-1..3 at 10.244.0.11-13");
+    let mut node = Node::new("demo")?;
+    node.add_pod("client", [10, 244, 0, 2])?;
+    for i in 1..=3u8 {
+        node.add_pod(&format!("echo-{i}"), [10, 244, 0, 10 + i])?;
+    }
+    let mut servers = Vec::new();
+    for pod in &node.pods()[1..] {
+        servers.push((pod.tcp_server(8080)?, pod.udp_server(5353)?));
+    }
+    for pod in node.pods() {
+        println!("  {:<8} {:<12} host side {}", pod.name(), pod.ip(), pod.host_ifname());
+    }
+
+    // The manifests are copied so the demo can change them while the agent runs.
+    let dir = TempDir::new("demo-manifests")?;
+    for f in ["node.yaml", "echo-service.yaml"] {
+        std::fs::copy(root().join("examples/manifests").join(f), dir.path().join(f))?;
+    }
+    let bpffs = BpffsGuard::new("demo")?;
+    let bpffs_s = bpffs.path().to_str().context("bpffs path")?.to_owned();
+    let manifests_s = dir.path().to_str().context("manifests path")?.to_owned();
+
+    title("Agent: lb-agent run (in the node netns)");
+    let run_args = [
+        "run",
+        "--manifests",
+        &manifests_s,
+        "--node",
+        "node-a",
+        "--pod-interfaces",
+        POD_IFACE_GLOB,
+        "--pod-hook",
+        &opts.pod_hook,
+        "--bpffs",
+        &bpffs_s,
+    ];
+    println!("  {agent_s} {}", run_args.join(" "));
+    let mut child = node.ns().spawn("agent", &agent_cmd(&agent, &run_args))?;
+    child
+        .wait_for_output("running", Duration::from_secs(20))
+        .with_context(|| format!("the agent did not start:\n{}", child.logs()))?;
+
+    let client = node.pod("client").ns();
+    let tcp_vip: SocketAddr = TCP_VIP.parse()?;
+    let udp_vip: SocketAddr = UDP_VIP.parse()?;
+    title(&format!("Traffic: {} new TCP connections from the client pod to {TCP_VIP}", opts.connections));
+    let s = tcp_spread(client, tcp_vip, opts.connections);
+    histogram("TCP", &s);
+    title(&format!("Traffic: {} UDP flows to {UDP_VIP}", opts.connections));
+    let u = udp_spread(client, udp_vip, opts.connections);
+    histogram("UDP", &u);
+
+    title("lb-agent inspect (first 6 conntrack entries)");
+    let out = node.ns().run(agent_s, &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "6"])?;
+    print!("{out}");
+
+    title("bpftool map dump pinned <bpffs>/maps/LB_FRONTENDS (BTF: fields by name)");
+    let dump = node.ns().run(
+        "bpftool",
+        &["map", "dump", "pinned", &format!("{bpffs_s}/maps/LB_FRONTENDS")],
+    )?;
+    print!("{dump}");
+
+    title("Endpoints change: echo-3 leaves the EndpointSlice (file renamed into the directory)");
+    let svc = std::fs::read_to_string(dir.path().join("echo-service.yaml"))?;
+    let cut = svc
+        .find("- addresses:\n  - 10.244.0.13")
+        .context("example manifest changed shape")?;
+    let tmp = dir.path().join(".echo-service.yaml.tmp");
+    std::fs::write(&tmp, &svc[..cut])?;
+    std::fs::rename(&tmp, dir.path().join("echo-service.yaml"))?;
+    let synced = wait_until(Duration::from_secs(10), || {
+        node.ns()
+            .run(agent_s, &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "0"])
+            .map(|t| !t.contains("10.244.0.13:8080"))
+            .unwrap_or(false)
+    });
+    if !synced {
+        bail!("the agent did not apply the change:\n{}", child.logs());
+    }
+    let s2 = tcp_spread(client, tcp_vip, opts.connections / 3);
+    histogram("TCP after the change", &s2);
+
+    title("Exit: the agent leaves the dataplane in place; lb-agent cleanup removes it");
+    child.stop()?;
+    let after_exit = tcp_spread(client, tcp_vip, 20);
+    println!("  with the agent stopped: {} of 20 connections answered", after_exit.counts.values().sum::<usize>());
+    print!("{}", node.ns().run(agent_s, &["cleanup", "--bpffs", &bpffs_s])?);
+    let after_cleanup = tcp_spread(client, tcp_vip, 5);
+    println!(
+        "  after cleanup: {} of 5 connections answered (nothing serves the ClusterIP any more)",
+        after_cleanup.counts.values().sum::<usize>()
+    );
+    drop(servers);
+    if s.failures + u.failures + s2.failures > 0 || s.counts.len() != 3 || s2.counts.contains_key("echo-3") {
+        bail!("the demo saw failures:\n{}", child.logs());
+    }
+    println!("\nDemo done: namespaces, pins and the bpffs mount are removed on exit.");
+    Ok(())
 }

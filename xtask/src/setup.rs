@@ -48,9 +48,16 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn have_command(name: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin", "/usr/local/sbin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).exists())
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ]
+    .iter()
+    .any(|d| Path::new(d).join(name).exists())
 }
 
 /// Everything: Debian packages, rust-src for nightly, bpf-linker.
@@ -143,7 +150,10 @@ pub fn bpf_linker() -> Result<PathBuf> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))?;
-    let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so").to_owned();
+    let llvm = llvm
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_owned();
     let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
     let major = version
         .lines()
