@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <command>`.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -27,6 +28,8 @@ enum Cmd {
     Test(build::TestOpts),
     /// Run the demo: a node of network namespaces, pods, a ClusterIP service, real traffic.
     Demo(demo::DemoOpts),
+    /// Run a benchmark and print medians and ratios.
+    Bench(bench::BenchOpts),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Cmd::Build => build::build_all(),
         Cmd::Test(opts) => build::test(&opts),
         Cmd::Demo(opts) => demo::demo(&opts),
+        Cmd::Bench(opts) => bench::bench(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
