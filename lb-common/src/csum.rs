@@ -116,8 +116,14 @@ mod tests {
     fn seed_update_equals_the_new_pseudo_header_seed() {
         let (src, vip, backend) = (0x0500_f40au32, 0x0a00_600au32, 0x0700_f40au32);
         let seed = pseudo_header_seed(src, vip, 6, 1480);
-        assert_eq!(seed_replace4(seed, vip, backend), pseudo_header_seed(src, backend, 6, 1480));
-        assert_eq!(seed_replace4(seed, src, vip), pseudo_header_seed(vip, vip, 6, 1480));
+        assert_eq!(
+            seed_replace4(seed, vip, backend),
+            pseudo_header_seed(src, backend, 6, 1480)
+        );
+        assert_eq!(
+            seed_replace4(seed, src, vip),
+            pseudo_header_seed(vip, vip, 6, 1480)
+        );
     }
 
     /// Test the IPv4 header example of RFC 1071 section 3 style: a known header checksum.

@@ -11,7 +11,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -25,7 +28,13 @@ const fn finish(mut h: u32) -> u32 {
 
 /// Murmur3-style 32-bit hash of an IPv4 5-tuple.
 #[inline(always)]
-pub const fn flow_hash(saddr_be: u32, daddr_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> u32 {
+pub const fn flow_hash(
+    saddr_be: u32,
+    daddr_be: u32,
+    sport_be: u16,
+    dport_be: u16,
+    proto: u8,
+) -> u32 {
     let mut h = 0x9747_b28c;
     h = mix(h, saddr_be);
     h = mix(h, daddr_be);
