@@ -132,7 +132,7 @@ const TC_PULL_LEN: usize = ETH_LEN + 60 + 20;
 impl Hook for Tc<'_> {
     type Verdict = i32;
     const PASS: i32 = TC_ACT_UNSPEC;
-    const DROP: i32 = TC_ACT_SHOT as i32;
+    const DROP: i32 = TC_ACT_SHOT as _;
 
     #[inline(always)]
     fn start(&self) -> usize {
@@ -154,7 +154,11 @@ impl Hook for Tc<'_> {
         let linear = self.0.data_end() - self.0.data();
         let total = self.0.len() as usize;
         if linear < TC_PULL_LEN && total > linear {
-            let want = if total < TC_PULL_LEN { total } else { TC_PULL_LEN };
+            let want = if total < TC_PULL_LEN {
+                total
+            } else {
+                TC_PULL_LEN
+            };
             // On failure the parser sees what is linear and passes the packet as malformed.
             let _ = self.0.pull_data(want as u32);
         }
@@ -177,8 +181,13 @@ impl Hook for Tc<'_> {
             BPF_F_PSEUDO_HDR as u64 | mangled | 4,
         )
         .ok()?;
-        ctx.l4_csum_replace(csum_off, nat.old_port as u64, nat.new_port as u64, mangled | 2)
-            .ok()?;
+        ctx.l4_csum_replace(
+            csum_off,
+            nat.old_port as u64,
+            nat.new_port as u64,
+            mangled | 2,
+        )
+        .ok()?;
         ctx.l3_csum_replace(h.l3_off + 10, nat.old_addr as u64, nat.new_addr as u64, 4)
             .ok()?;
         ctx.store(addr_off, &nat.new_addr, 0).ok()?;

@@ -4,7 +4,10 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     hash::{flow_hash, slot_of},
-    maps::{Backend, FrontendKey, SlotKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, FE_F_REJECT_EMPTY, PROTO_TCP},
+    maps::{
+        Backend, FrontendKey, SlotKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING,
+        FE_F_REJECT_EMPTY, PROTO_TCP,
+    },
     verdict::Reason,
 };
 
@@ -43,7 +46,7 @@ pub fn decide(h: &Headers, len: u64) -> (Reason, Action) {
         scope: 0,
     };
     // SAFETY: the value is copied out at once; the agent replaces entries whole.
-    if let Some(fe) = unsafe { LB_FRONTENDS.get(&fkey) } {
+    if let Some(fe) = unsafe { LB_FRONTENDS.get(fkey) } {
         let (id, slot_count, flags) = (fe.id, fe.slot_count, fe.flags);
         return to_frontend(h, len, id, slot_count, flags);
     }
@@ -80,7 +83,13 @@ fn dnat(h: &Headers, addr: u32, port: u16) -> Action {
 }
 
 #[inline(always)]
-fn to_frontend(h: &Headers, len: u64, fe_id: u32, slot_count: u32, fe_flags: u32) -> (Reason, Action) {
+fn to_frontend(
+    h: &Headers,
+    len: u64,
+    fe_id: u32,
+    slot_count: u32,
+    fe_flags: u32,
+) -> (Reason, Action) {
     let now = unsafe { bpf_ktime_get_ns() };
     let is_syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_ORIGINAL)) {
@@ -90,7 +99,7 @@ fn to_frontend(h: &Headers, len: u64, fe_id: u32, slot_count: u32, fe_flags: u32
         let reused = is_syn && entry.flags & CT_F_CLOSING != 0;
         if !reused && entry.frontend_id == fe_id && conntrack::is_live(&entry, h.proto, now) {
             // The flow keeps its backend as long as that backend exists.
-            if let Some(b) = unsafe { LB_BACKENDS.get(&entry.backend_id) } {
+            if let Some(b) = unsafe { LB_BACKENDS.get(entry.backend_id) } {
                 if b.addr_be == entry.nat_addr_be && b.port_be == entry.nat_port_be {
                     let b: Backend = *b;
                     if conntrack::touch(e, h.tcp_flags, now) {
@@ -115,12 +124,12 @@ fn to_frontend(h: &Headers, len: u64, fe_id: u32, slot_count: u32, fe_flags: u32
         frontend_id: fe_id,
         slot: slot_of(hash, slot_count),
     };
-    let Some(slot) = (unsafe { LB_SLOTS.get(&skey) }) else {
+    let Some(slot) = (unsafe { LB_SLOTS.get(skey) }) else {
         count_frontend(fe_id, len, false);
         return (Reason::DropNoSlot, Action::Drop);
     };
     let backend_id = slot.backend_id;
-    let Some(b) = (unsafe { LB_BACKENDS.get(&backend_id) }) else {
+    let Some(b) = (unsafe { LB_BACKENDS.get(backend_id) }) else {
         count_frontend(fe_id, len, false);
         return (Reason::DropNoSlot, Action::Drop);
     };

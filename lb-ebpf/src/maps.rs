@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        Backend, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey, Counter,
+        Backend, Counter, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey,
         DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
     },
     verdict::REASON_COUNT,

@@ -133,7 +133,11 @@ pub fn parse(start: usize, end: usize) -> Parsed {
         }
         _ => return Parsed::NotL4,
     };
-    let min_l4 = if proto == PROTO_TCP { TCP_MIN_LEN } else { UDP_LEN };
+    let min_l4 = if proto == PROTO_TCP {
+        TCP_MIN_LEN
+    } else {
+        UDP_LEN
+    };
     if l4_len < min_l4 {
         return Parsed::Malformed;
     }

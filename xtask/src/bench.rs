@@ -91,7 +91,10 @@ fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let manifests = TempDir::new("bench-manifests")?;
     for f in ["node.yaml", "echo-service.yaml"] {
-        std::fs::copy(root().join("examples/manifests").join(f), manifests.path().join(f))?;
+        std::fs::copy(
+            root().join("examples/manifests").join(f),
+            manifests.path().join(f),
+        )?;
     }
     let vip: SocketAddr = "10.96.0.10:80".parse()?;
     let direct: SocketAddr = "10.244.0.11:8080".parse()?;
@@ -105,11 +108,17 @@ fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
             if *c != Contender::Direct {
                 let hook = if *c == Contender::Tc { "tc" } else { "xdp" };
                 let mut cmd = Command::new(&agent);
-                cmd.args(["run", "--node", "node-a", "--pod-interfaces", POD_IFACE_GLOB])
-                    .args(["--pod-hook", hook, "--manifests"])
-                    .arg(manifests.path())
-                    .arg("--bpffs")
-                    .arg(bpffs.path());
+                cmd.args([
+                    "run",
+                    "--node",
+                    "node-a",
+                    "--pod-interfaces",
+                    POD_IFACE_GLOB,
+                ])
+                .args(["--pod-hook", hook, "--manifests"])
+                .arg(manifests.path())
+                .arg("--bpffs")
+                .arg(bpffs.path());
                 let mut ch = node.ns().spawn("agent", &cmd)?;
                 ch.wait_for_output("running", Duration::from_secs(20))
                     .with_context(|| ch.logs())?;
@@ -121,7 +130,12 @@ fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
             let spread = client.tcp_spread(target, connections);
             let conn_rate = connections as f64 / start.elapsed().as_secs_f64();
             if spread.failures > 0 {
-                bail!("{}: {} connections failed: {:?}", c.name(), spread.failures, spread.errors);
+                bail!(
+                    "{}: {} connections failed: {:?}",
+                    c.name(),
+                    spread.failures,
+                    spread.errors
+                );
             }
             let mut conn = client.tcp_conn(target)?;
             let start = Instant::now();
@@ -151,7 +165,10 @@ fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
     let conn: Vec<f64> = conn_rates.iter_mut().map(|v| median(v)).collect();
     let req: Vec<f64> = req_rates.iter_mut().map(|v| median(v)).collect();
     println!("\nMedians of {rounds} rounds ({connections} connections, {requests} requests each):");
-    println!("{:<30} {:>10} {:>8} {:>10} {:>8}", "contender", "conn/s", "vs floor", "req/s", "vs floor");
+    println!(
+        "{:<30} {:>10} {:>8} {:>10} {:>8}",
+        "contender", "conn/s", "vs floor", "req/s", "vs floor"
+    );
     let mut json = String::from("{\"benchmark\":\"pod-hook\",\"results\":[");
     for (i, c) in contenders.iter().enumerate() {
         println!(

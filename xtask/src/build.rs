@@ -42,25 +42,17 @@ pub fn ebpf_object() -> PathBuf {
     root().join("target/bpf/lb-ebpf.o")
 }
 
-/// Builds lb-ebpf with BTF and copies the object to [`ebpf_object`].
-pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
+/// `cargo +nightly <subcommand>` in lb-ebpf for the BPF target, with bpf-linker on PATH.
+fn ebpf_cargo(subcommand: &str) -> Result<Command> {
     setup::nightly_rust_src()?;
     let linker_dir = setup::bpf_linker()?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![linker_dir];
     paths.extend(std::env::split_paths(&path));
-    let dir = root().join("lb-ebpf");
-    let profile = if opts.debug { "debug" } else { "release" };
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&dir)
-        .args([
-            "+nightly",
-            "build",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
+    cmd.current_dir(root().join("lb-ebpf"))
+        .args(["+nightly", subcommand, "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core"])
         .env("PATH", std::env::join_paths(paths)?)
         // BTF from DWARF: bpftool prints every map's key and value fields by name.
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
@@ -68,6 +60,14 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
         .env_remove("RUSTDOC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_TARGET_DIR");
+    Ok(cmd)
+}
+
+/// Builds lb-ebpf with BTF and copies the object to [`ebpf_object`].
+pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
+    let dir = root().join("lb-ebpf");
+    let profile = if opts.debug { "debug" } else { "release" };
+    let mut cmd = ebpf_cargo("build")?;
     if !opts.debug {
         cmd.arg("--release");
     }
@@ -99,6 +99,26 @@ pub fn build_all() -> Result<()> {
         root().join("target/release/lb-agent").display()
     );
     Ok(())
+}
+
+/// rustfmt and clippy on the workspace and on the kernel crate.
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"])).context("run `cargo fmt --all`")?;
+    run(cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(root().join("lb-ebpf/Cargo.toml")))
+    .context("run `cargo fmt` in lb-ebpf")?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    setup::nightly_component("clippy")?;
+    run(ebpf_cargo("clippy")?.args(["--release", "--", "-D", "warnings"]))
+        .context("clippy on lb-ebpf")
 }
 
 /// The README's test command: set-up, build, lint, unit, packet and namespace tests.

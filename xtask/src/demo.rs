@@ -41,7 +41,10 @@ fn histogram(what: &str, s: &Spread) {
     println!("{what}: {total} answered, {} failed", s.failures);
     for (backend, n) in &s.counts {
         let pct = 100.0 * *n as f64 / total.max(1) as f64;
-        println!("  {backend:<8} {n:>5}  {pct:5.1}%  {}", "#".repeat((pct / 2.0) as usize));
+        println!(
+            "  {backend:<8} {n:>5}  {pct:5.1}%  {}",
+            "#".repeat((pct / 2.0) as usize)
+        );
     }
 }
 
@@ -86,13 +89,21 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
         servers.push((pod.tcp_server(8080)?, pod.udp_server(5353)?));
     }
     for pod in node.pods() {
-        println!("  {:<8} {:<12} host side {}", pod.name(), pod.ip(), pod.host_ifname());
+        println!(
+            "  {:<8} {:<12} host side {}",
+            pod.name(),
+            pod.ip(),
+            pod.host_ifname()
+        );
     }
 
     // The manifests are copied so the demo can change them while the agent runs.
     let dir = TempDir::new("demo-manifests")?;
     for f in ["node.yaml", "echo-service.yaml"] {
-        std::fs::copy(root().join("examples/manifests").join(f), dir.path().join(f))?;
+        std::fs::copy(
+            root().join("examples/manifests").join(f),
+            dir.path().join(f),
+        )?;
     }
     let bpffs = BpffsGuard::new("demo")?;
     let bpffs_s = bpffs.path().to_str().context("bpffs path")?.to_owned();
@@ -121,21 +132,35 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     let client = node.pod("client").ns();
     let tcp_vip: SocketAddr = TCP_VIP.parse()?;
     let udp_vip: SocketAddr = UDP_VIP.parse()?;
-    title(&format!("Traffic: {} new TCP connections from the client pod to {TCP_VIP}", opts.connections));
+    title(&format!(
+        "Traffic: {} new TCP connections from the client pod to {TCP_VIP}",
+        opts.connections
+    ));
     let s = tcp_spread(client, tcp_vip, opts.connections);
     histogram("TCP", &s);
-    title(&format!("Traffic: {} UDP flows to {UDP_VIP}", opts.connections));
+    title(&format!(
+        "Traffic: {} UDP flows to {UDP_VIP}",
+        opts.connections
+    ));
     let u = udp_spread(client, udp_vip, opts.connections);
     histogram("UDP", &u);
 
     title("lb-agent inspect (first 6 conntrack entries)");
-    let out = node.ns().run(agent_s, &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "6"])?;
+    let out = node.ns().run(
+        agent_s,
+        &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "6"],
+    )?;
     print!("{out}");
 
     title("bpftool map dump pinned <bpffs>/maps/LB_FRONTENDS (BTF: fields by name)");
     let dump = node.ns().run(
         "bpftool",
-        &["map", "dump", "pinned", &format!("{bpffs_s}/maps/LB_FRONTENDS")],
+        &[
+            "map",
+            "dump",
+            "pinned",
+            &format!("{bpffs_s}/maps/LB_FRONTENDS"),
+        ],
     )?;
     print!("{dump}");
 
@@ -149,7 +174,10 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     std::fs::rename(&tmp, dir.path().join("echo-service.yaml"))?;
     let synced = wait_until(Duration::from_secs(10), || {
         node.ns()
-            .run(agent_s, &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "0"])
+            .run(
+                agent_s,
+                &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "0"],
+            )
             .map(|t| !t.contains("10.244.0.13:8080"))
             .unwrap_or(false)
     });
@@ -162,15 +190,24 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     title("Exit: the agent leaves the dataplane in place; lb-agent cleanup removes it");
     child.stop()?;
     let after_exit = tcp_spread(client, tcp_vip, 20);
-    println!("  with the agent stopped: {} of 20 connections answered", after_exit.counts.values().sum::<usize>());
-    print!("{}", node.ns().run(agent_s, &["cleanup", "--bpffs", &bpffs_s])?);
+    println!(
+        "  with the agent stopped: {} of 20 connections answered",
+        after_exit.counts.values().sum::<usize>()
+    );
+    print!(
+        "{}",
+        node.ns().run(agent_s, &["cleanup", "--bpffs", &bpffs_s])?
+    );
     let after_cleanup = tcp_spread(client, tcp_vip, 5);
     println!(
         "  after cleanup: {} of 5 connections answered (nothing serves the ClusterIP any more)",
         after_cleanup.counts.values().sum::<usize>()
     );
     drop(servers);
-    if s.failures + u.failures + s2.failures > 0 || s.counts.len() != 3 || s2.counts.contains_key("echo-3") {
+    if s.failures + u.failures + s2.failures > 0
+        || s.counts.len() != 3
+        || s2.counts.contains_key("echo-3")
+    {
         bail!("the demo saw failures:\n{}", child.logs());
     }
     println!("\nDemo done: namespaces, pins and the bpffs mount are removed on exit.");

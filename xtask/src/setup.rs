@@ -107,6 +107,26 @@ pub fn nightly_rust_src() -> Result<()> {
         .context("run: rustup component add rust-src --toolchain nightly")
 }
 
+/// Adds a rustup component (clippy, rustfmt) to the nightly toolchain if it is missing.
+pub fn nightly_component(name: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if installed
+        .lines()
+        .any(|l| l.starts_with(&format!("{name}-")))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding {name} to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", name, "--toolchain", "nightly"]))
+        .with_context(|| format!("run: rustup component add {name} --toolchain nightly"))
+}
+
 /// The nightly toolchain's sysroot.
 pub fn nightly_sysroot() -> Result<PathBuf> {
     let out = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
