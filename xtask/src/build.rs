@@ -126,15 +126,7 @@ pub fn test(opts: &TestOpts) -> Result<()> {
     setup::setup()?;
     build_all()?;
     if !opts.no_lint {
-        run(cargo().args(["fmt", "--all", "--check"])).context("run `cargo fmt --all`")?;
-        run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        lint()?;
     }
     // Integration tests run the release agent binary built above.
     run(cargo()
