@@ -16,7 +16,10 @@ use lb_common::maps::{
     PROTO_UDP,
 };
 
-use crate::plan::{self, OnEmpty, Plan, Protocol};
+use crate::{
+    maglev,
+    plan::{self, FrontendKind, OnEmpty, Plan, Protocol},
+};
 
 /// The content of the service maps: what the kernel holds, or should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -298,7 +301,20 @@ fn frontend_entries(
         );
         backend_ids.push(bid);
     }
-    for (slot, backend_id) in backend_ids.iter().enumerate() {
+    // ClusterIP traffic is seen whole by the client's node, and conntrack keeps each flow on
+    // its backend: a plain list of the backends is the table. Traffic from outside may reach
+    // any node (an external load balancer spreads it): there every node must pick the same
+    // backend for a flow, and a backend change must move few flows: a Maglev table.
+    let table: Vec<u32> = if fe.kind == FrontendKind::ClusterIP || backend_ids.is_empty() {
+        backend_ids.clone()
+    } else {
+        let names: Vec<String> = fe.backends.iter().map(|b| b.to_string()).collect();
+        maglev::build(&names, maglev::table_size(names.len()))
+            .into_iter()
+            .map(|i| backend_ids[i as usize])
+            .collect()
+    };
+    for (slot, backend_id) in table.iter().enumerate() {
         out.slots.insert(
             SlotKey {
                 frontend_id: id,
@@ -317,7 +333,7 @@ fn frontend_entries(
         key,
         Frontend {
             id,
-            slot_count: backend_ids.len() as u32,
+            slot_count: table.len() as u32,
             flags,
             affinity_timeout_s: fe.affinity_timeout_seconds.unwrap_or(0),
         },
@@ -436,7 +452,7 @@ pub fn dump(e: &Entries) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Frontend as PlanFrontend, FrontendKind};
+    use crate::plan::Frontend as PlanFrontend;
 
     fn fe(ip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> PlanFrontend {
         PlanFrontend {
@@ -665,5 +681,56 @@ backend 3 10.244.0.11:53/17
         );
         assert_eq!(e.frontends.len(), 1);
         assert!(matches!(skipped[..], [Skipped::FrontendsFull { .. }]));
+    }
+}
+
+#[cfg(test)]
+mod maglev_tests {
+    use super::*;
+
+    /// Test that external frontends get a Maglev table of prime size and ClusterIP frontends a
+    /// plain list, both over the same backend ids.
+    #[test]
+    fn external_frontends_get_a_maglev_table_cluster_ips_a_list() {
+        let backends: Vec<std::net::SocketAddr> =
+            ["10.244.0.1:80", "10.244.1.1:80", "10.244.2.1:80"]
+                .iter()
+                .map(|b| b.parse().unwrap())
+                .collect();
+        let mk = |kind, ip: &str, port| plan::Frontend {
+            service: "ns/svc".into(),
+            port_name: String::new(),
+            kind,
+            ip: ip.parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+            backends: backends.clone(),
+            on_empty: None,
+            affinity_timeout_seconds: None,
+        };
+        let p = Plan {
+            frontends: vec![
+                mk(FrontendKind::ClusterIP, "10.96.0.1", 80),
+                mk(FrontendKind::NodePort, "192.168.0.10", 30080),
+            ],
+        };
+        let mut ids = Ids::new(Capacity {
+            frontends: 8,
+            backends: 8,
+        });
+        let (e, _) = desired(&p, &mut ids);
+        let counts: Vec<u32> = e.frontends.values().map(|f| f.slot_count).collect();
+        assert!(counts.contains(&3) && counts.contains(&509), "{counts:?}");
+        let np = e.frontends.values().find(|f| f.slot_count == 509).unwrap();
+        let mut share = BTreeMap::new();
+        for slot in 0..509 {
+            let s = e.slots[&SlotKey {
+                frontend_id: np.id,
+                slot,
+            }];
+            *share.entry(s.backend_id).or_insert(0) += 1;
+        }
+        assert_eq!(share.len(), 3);
+        assert!(share.values().all(|n| (169..=170).contains(n)), "{share:?}");
     }
 }
