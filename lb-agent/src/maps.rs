@@ -78,8 +78,8 @@ pub enum Skipped {
     },
 }
 
-/// Identity of a backend in `LB_BACKENDS`.
-type BackendIdent = (u32, u16, u8);
+/// Identity of a backend in `LB_BACKENDS`: (frontend id, address, port, protocol).
+type BackendIdent = (u32, u32, u16, u8);
 
 /// A pool of small ids, `1..=capacity`, with deferred reuse.
 #[derive(Clone, Debug)]
@@ -162,7 +162,7 @@ impl Ids {
         ids.backend_ids = current
             .backends
             .iter()
-            .map(|(id, b)| ((b.addr_be, b.port_be, b.proto), *id))
+            .map(|(id, b)| ((b.frontend_id, b.addr_be, b.port_be, b.proto), *id))
             .collect();
         ids.frontends.adopt(ids.frontend_ids.values().copied());
         ids.backends.adopt(ids.backend_ids.values().copied());
@@ -276,7 +276,7 @@ fn frontend_entries(
                 backend: *b,
             });
         };
-        let ident = (raw_v4(*b4.ip()), raw_port(b4.port()), proto);
+        let ident = (id, raw_v4(*b4.ip()), raw_port(b4.port()), proto);
         let bid = match ids.backend_ids.get(&ident) {
             Some(id) => *id,
             None => {
@@ -293,8 +293,9 @@ fn frontend_entries(
         out.backends.insert(
             bid,
             Backend {
-                addr_be: ident.0,
-                port_be: ident.1,
+                frontend_id: id,
+                addr_be: ident.1,
+                port_be: ident.2,
                 proto,
                 flags: 0,
             },

@@ -546,3 +546,48 @@ fn report_ns_per_packet() {
         );
     }
 }
+
+/// Test that with sessionAffinity ClientIP every new flow of a client goes to the client's
+/// backend, other clients are still spread, and a removed backend ends the affinity.
+#[test]
+fn client_ip_affinity_keeps_a_clients_new_flows_on_one_backend() {
+    let backends = ["10.244.0.11:8080", "10.244.0.12:8080", "10.244.0.13:8080"];
+    let mut fe = frontend(80, Protocol::Tcp, &backends);
+    fe.affinity_timeout_seconds = Some(10800);
+    let mut f = Fixture::new(vec![fe.clone()]);
+    for hook in HOOKS {
+        let first = dst_of(&f.run(hook, &tcp(CLIENT, 30000, VIP, 80, true)).1);
+        for port in 30001..30040u16 {
+            let (_, out) = f.run(hook, &tcp(CLIENT, port, VIP, 80, true));
+            assert_eq!(dst_of(&out), first, "{hook:?} port {port}");
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in 1..=60u8 {
+        let (_, out) = f.run(HookKind::Tc, &tcp([10, 244, 1, c], 1000, VIP, 80, true));
+        seen.insert(dst_of(&out));
+    }
+    assert_eq!(seen.len(), 3, "other clients spread: {seen:?}");
+    // Remove the client's backend: its next new flow goes elsewhere and sticks there.
+    let mine = dst_of(&f.run(HookKind::Tc, &tcp(CLIENT, 31000, VIP, 80, true)).1);
+    fe.backends.retain(|b| *b != mine);
+    f.program(vec![fe]);
+    let next = dst_of(&f.run(HookKind::Tc, &tcp(CLIENT, 31001, VIP, 80, true)).1);
+    assert_ne!(next, mine);
+    for port in 31002..31010u16 {
+        let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, true));
+        assert_eq!(dst_of(&out), next);
+    }
+}
+
+/// Test that without affinity one client's flows spread over the backends.
+#[test]
+fn without_affinity_one_clients_flows_spread() {
+    let backends = ["10.244.0.11:8080", "10.244.0.12:8080", "10.244.0.13:8080"];
+    let mut f = Fixture::new(vec![frontend(80, Protocol::Tcp, &backends)]);
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 30000..30060u16 {
+        seen.insert(dst_of(&f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, true)).1));
+    }
+    assert_eq!(seen.len(), 3);
+}

@@ -16,25 +16,30 @@ pub const MAP_CT: &str = "LB_CT";
 pub const MAP_VERDICTS: &str = "LB_VERDICTS";
 /// `LB_FE_STATS`: per-CPU array, frontend id -> [`FrontendStats`].
 pub const MAP_FE_STATS: &str = "LB_FE_STATS";
+/// `LB_AFFINITY`: LRU hash, [`AffinityKey`] -> [`Affinity`]. sessionAffinity ClientIP.
+pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 
 /// Every map, in the order the agent pins and removes them.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
     MAP_CT,
     MAP_VERDICTS,
     MAP_FE_STATS,
+    MAP_AFFINITY,
 ];
 
 /// Default capacity of `LB_FRONTENDS`; also bounds frontend ids (`LB_FE_STATS` has one more entry).
 pub const DEFAULT_MAX_FRONTENDS: u32 = 65_536;
 /// Default capacity of `LB_SLOTS`.
 pub const DEFAULT_MAX_SLOTS: u32 = 1 << 20;
-/// Default capacity of `LB_BACKENDS`.
-pub const DEFAULT_MAX_BACKENDS: u32 = 1 << 18;
+/// Default capacity of `LB_BACKENDS` (backends of all frontends together).
+pub const DEFAULT_MAX_BACKENDS: u32 = 1 << 20;
 /// Default capacity of `LB_CT` (two entries per flow).
 pub const DEFAULT_MAX_CT: u32 = 1 << 20;
+/// Default capacity of `LB_AFFINITY`.
+pub const DEFAULT_MAX_AFFINITY: u32 = 1 << 18;
 
 /// IP protocol numbers as they appear in [`FrontendKey::proto`] and [`CtKey::proto`].
 pub const PROTO_TCP: u8 = 6;
@@ -99,11 +104,15 @@ pub struct Slot {
     pub backend_id: u32,
 }
 
-/// A backend: where new connections are sent.
+/// A backend of one frontend: where new connections are sent. Ids are per frontend, so a
+/// backend id exists exactly as long as the backend belongs to its frontend: a conntrack or
+/// affinity entry whose backend id is gone (or now names another address) is stale.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Backend {
+    /// The frontend this backend serves.
+    pub frontend_id: u32,
     /// Backend IPv4 address, network order.
     pub addr_be: u32,
     /// Backend port, network order.
@@ -174,6 +183,30 @@ pub struct CtEntry {
     pub frontend_id: u32,
 }
 
+/// sessionAffinity ClientIP key: a client of a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct AffinityKey {
+    /// [`Frontend::id`].
+    pub frontend_id: u32,
+    /// Client IPv4 address, network order.
+    pub client_addr_be: u32,
+}
+
+/// Where a client's new connections to a frontend go while its affinity lasts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Affinity {
+    /// `bpf_ktime_get_ns()` of the client's last new connection.
+    pub last_seen_ns: u64,
+    /// The backend chosen for the client.
+    pub backend_id: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
 /// A packet and byte counter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -208,9 +241,11 @@ assert_size!(
     Frontend => 16,
     SlotKey => 8,
     Slot => 4,
-    Backend => 8,
+    Backend => 12,
     CtKey => 16,
     CtEntry => 32,
+    AffinityKey => 8,
+    Affinity => 16,
     Counter => 16,
     FrontendStats => 24,
 );
@@ -227,6 +262,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FrontendStats {}
 }

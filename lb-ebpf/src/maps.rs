@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        Backend, Counter, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey,
-        DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
+        Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, Frontend, FrontendKey,
+        FrontendStats, Slot, SlotKey, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT,
+        DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
     },
     verdict::REASON_COUNT,
 };
@@ -23,7 +24,7 @@ pub static LB_FRONTENDS: HashMap<FrontendKey, Frontend, { DEFAULT_MAX_FRONTENDS 
 #[btf_map]
 pub static LB_SLOTS: HashMap<SlotKey, Slot, { DEFAULT_MAX_SLOTS as usize }> = HashMap::new();
 
-/// Backends: backend id -> (address, port, protocol).
+/// Backends: backend id -> (frontend, address, port, protocol); ids are per frontend.
 #[btf_map]
 pub static LB_BACKENDS: HashMap<u32, Backend, { DEFAULT_MAX_BACKENDS as usize }> = HashMap::new();
 
@@ -39,3 +40,8 @@ pub static LB_VERDICTS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpu
 #[btf_map]
 pub static LB_FE_STATS: PerCpuArray<FrontendStats, { DEFAULT_MAX_FRONTENDS as usize + 1 }> =
     PerCpuArray::new();
+
+/// sessionAffinity ClientIP: (frontend id, client address) -> backend and last new connection.
+#[btf_map]
+pub static LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { DEFAULT_MAX_AFFINITY as usize }> =
+    LruHashMap::new();
