@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_agent::{
     dataplane::{self, HookKind, MapSizes},
     links::Selector,
-    run::RunConfig,
+    run::{RunConfig, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -41,11 +41,23 @@ enum XdpModeArg {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Program the dataplane from manifests and keep it in sync until SIGINT/SIGTERM.
+    /// Program the dataplane from the Kubernetes API (or manifests) and keep it in sync until
+    /// SIGINT/SIGTERM.
     Run {
-        /// Directory of Service, EndpointSlice and Node manifests (YAML as kubectl prints it).
+        /// Directory of Service, EndpointSlice and Node manifests (YAML as kubectl prints it)
+        /// instead of the Kubernetes API.
+        #[arg(long, conflicts_with = "kubeconfig")]
+        manifests: Option<PathBuf>,
+        /// kubeconfig for the API server; without it (and without --manifests), the
+        /// in-cluster service account, as kube-proxy.
         #[arg(long)]
-        manifests: PathBuf,
+        kubeconfig: Option<PathBuf>,
+        /// /healthz and /livez (kube-proxy's meaning) on this address; empty to disable.
+        #[arg(long, default_value = "0.0.0.0:10256")]
+        healthz_bind_address: String,
+        /// /metrics (Prometheus) on this address; empty to disable.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_bind_address: String,
         /// This node's name (as its Node object).
         #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
         node: String,
@@ -136,6 +148,9 @@ fn real_main() -> Result<u8> {
     match Cli::parse().cmd {
         Cmd::Run {
             manifests,
+            kubeconfig,
+            healthz_bind_address,
+            metrics_bind_address,
             node,
             devices,
             pod_interfaces,
@@ -154,8 +169,21 @@ fn real_main() -> Result<u8> {
                         .with_context(|| format!("bad --pod-interfaces glob {p:?}"))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let bind = |flag: &str, v: &str| -> Result<Option<std::net::SocketAddr>> {
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                v.parse()
+                    .map(Some)
+                    .with_context(|| format!("bad {flag} {v:?} (want ADDRESS:PORT)"))
+            };
             let cfg = RunConfig {
-                manifests,
+                source: match manifests {
+                    Some(dir) => SourceConfig::Manifests(dir),
+                    None => SourceConfig::Api { kubeconfig },
+                },
+                healthz_bind_address: bind("--healthz-bind-address", &healthz_bind_address)?,
+                metrics_bind_address: bind("--metrics-bind-address", &metrics_bind_address)?,
                 node,
                 bpffs,
                 selector: Selector {

@@ -1,0 +1,346 @@
+//! Objects from the Kubernetes API: watchers and reflectors for Services, EndpointSlices and
+//! this node's Node, as kube-proxy's informers (same label selector, cluster-wide).
+//!
+//! The stores keep the last good state whatever happens to the API connection: a watch error,
+//! a dropped connection or an API server that is down leaves them as they are, and the watchers
+//! reconnect with backoff (a 410 Gone makes them list again; the reflector swaps the new list in
+//! atomically). Cached objects are trimmed to what the plan reads.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::{
+    api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    jiff::Timestamp,
+};
+use kube::{
+    api::Api,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        reflector::{self, Store},
+        utils::Backoff,
+        watcher, WatchStreamExt,
+    },
+    Client, Config,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::model::Snapshot;
+
+/// kube-proxy's informer label selector: Services and EndpointSlices owned by another proxy,
+/// and headless Services' slices, are not watched at all.
+pub const PROXY_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// The EndpointSlice annotation the EndpointSlice controller sets to when the change that led
+/// to this slice version happened (network_programming_duration_seconds starts there).
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Errors of the API source.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("reading kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no API configuration: not in a cluster and no kubeconfig found (use --kubeconfig)")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("creating the API client")]
+    Client(#[source] kube::Error),
+}
+
+/// Which watched kind an event was about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Kind {
+    /// The resource name, for logs and metric labels.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::Node => "nodes",
+        }
+    }
+}
+
+/// A change seen on a watch (the store already holds it when this is received).
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub kind: Kind,
+    /// For EndpointSlices: the last-change-trigger-time annotation, if any.
+    pub trigger_time: Option<SystemTime>,
+}
+
+/// The reflectors' stores.
+#[derive(Clone)]
+pub struct ApiSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+}
+
+/// Builds a client as kube-proxy does: from `kubeconfig` when given, else in-cluster (the
+/// service account), else the usual kubeconfig places.
+pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, KubeSourceError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| KubeSourceError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeSourceError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(KubeSourceError::Infer)?,
+    };
+    info!(server = %config.cluster_url, "API server");
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+/// The backoff between reconnects: 250 ms doubling to 10 s, reset by any good event. Shorter
+/// than client-go's 30 s ceiling: one agent per node, and the API server is usually local.
+struct ReconnectBackoff {
+    next: Duration,
+}
+
+impl ReconnectBackoff {
+    const MIN: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(10);
+    fn new() -> Self {
+        Self { next: Self::MIN }
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(d)
+    }
+}
+
+impl Backoff for ReconnectBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+/// Starts the three watchers. Every change is announced on `tx` after the store holds it;
+/// `errors` counts watch errors per kind (for metrics). The tasks run until the runtime stops.
+pub fn start(
+    client: Client,
+    node: &str,
+    tx: mpsc::UnboundedSender<Change>,
+    on_error: Arc<dyn Fn(Kind) + Send + Sync>,
+) -> ApiSource {
+    let proxy_cfg = || watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+    let services = spawn_reflector(
+        Api::<Service>::all(client.clone()),
+        proxy_cfg(),
+        Kind::Service,
+        trim_service,
+        tx.clone(),
+        on_error.clone(),
+    );
+    let slices = spawn_reflector(
+        Api::<EndpointSlice>::all(client.clone()),
+        proxy_cfg(),
+        Kind::EndpointSlice,
+        trim_slice,
+        tx.clone(),
+        on_error.clone(),
+    );
+    let nodes = spawn_reflector(
+        Api::<Node>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node}")),
+        Kind::Node,
+        trim_node,
+        tx,
+        on_error,
+    );
+    ApiSource {
+        services,
+        slices,
+        nodes,
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    kind: Kind,
+    trim: fn(&mut K),
+    tx: mpsc::UnboundedSender<Change>,
+    on_error: Arc<dyn Fn(Kind) + Send + Sync>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, cfg)
+        .backoff(ReconnectBackoff::new())
+        .modify(trim)
+        .reflect(writer);
+    tokio::spawn(drive(stream, kind, tx, on_error));
+    reader
+}
+
+/// Polls a reflector stream forever, announcing changes and logging trouble once per episode.
+async fn drive<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    kind: Kind,
+    tx: mpsc::UnboundedSender<Change>,
+    on_error: Arc<dyn Fn(Kind) + Send + Sync>,
+) where
+    K: kube::Resource + 'static,
+{
+    let failing = AtomicBool::new(false);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                if failing.swap(false, Ordering::Relaxed) {
+                    info!(resource = kind.resource(), "watch reconnected");
+                }
+                let trigger_time = match &event {
+                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => trigger_time(o.meta()),
+                    watcher::Event::InitDone => {
+                        info!(resource = kind.resource(), "listed");
+                        None
+                    }
+                    // Pages of a list: the store changes only at InitDone.
+                    watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                };
+                let _ = tx.send(Change { kind, trigger_time });
+            }
+            Err(e) => {
+                on_error(kind);
+                let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                if gone {
+                    info!(
+                        resource = kind.resource(),
+                        "watch expired (410 Gone): listing again; serving the last good state meanwhile"
+                    );
+                } else if !failing.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        resource = kind.resource(),
+                        error = %e,
+                        "watch failed: serving the last good state, reconnecting with backoff"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn trigger_time(meta: &ObjectMeta) -> Option<SystemTime> {
+    let text = meta.annotations.as_ref()?.get(LAST_CHANGE_TRIGGER_TIME)?;
+    let ts: Timestamp = text.parse().ok()?;
+    Some(SystemTime::from(ts))
+}
+
+/// Drops what the plan never reads: managed fields and annotations.
+fn trim_meta(meta: &mut ObjectMeta, keep_annotation: Option<&str>) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.annotations = match (meta.annotations.take(), keep_annotation) {
+        (Some(mut a), Some(keep)) => {
+            a.retain(|k, _| k == keep);
+            Some(a).filter(|a| !a.is_empty())
+        }
+        _ => None,
+    };
+}
+
+fn trim_service(s: &mut Service) {
+    trim_meta(&mut s.metadata, None);
+    if let Some(status) = &mut s.status {
+        status.conditions = None;
+    }
+}
+
+fn trim_slice(s: &mut EndpointSlice) {
+    trim_meta(&mut s.metadata, Some(LAST_CHANGE_TRIGGER_TIME));
+    for ep in &mut s.endpoints {
+        ep.target_ref = None;
+        ep.hostname = None;
+        ep.deprecated_topology = None;
+    }
+}
+
+fn trim_node(n: &mut Node) {
+    trim_meta(&mut n.metadata, None);
+    n.spec = n.spec.take().map(|mut spec| {
+        spec.config_source = None;
+        spec
+    });
+    if let Some(status) = &mut n.status {
+        status.images = None;
+        status.conditions = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+        status.node_info = None;
+        status.capacity = None;
+        status.allocatable = None;
+        status.config = None;
+        status.daemon_endpoints = None;
+    }
+}
+
+impl ApiSource {
+    /// Waits until the initial lists of Services, EndpointSlices and the Node are in the
+    /// stores. Until then nothing may be programmed: an empty cache is not an empty cluster.
+    pub async fn wait_until_ready(&self) {
+        // A writer is dropped only with the runtime; then there is nothing to wait for.
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+    }
+
+    /// What the stores hold now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self
+                .services
+                .state()
+                .iter()
+                .map(|s| (**s).clone())
+                .collect(),
+            endpoint_slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            nodes: self.nodes.state().iter().map(|s| (**s).clone()).collect(),
+        }
+    }
+
+    /// This node's Node object, if the API has it.
+    pub fn node(&self) -> Option<Arc<Node>> {
+        self.nodes.state().into_iter().next()
+    }
+}
