@@ -461,16 +461,74 @@ fn fragments_pass_untouched() {
     assert_eq!(f.verdict(Reason::PassFragment), 6);
 }
 
-/// Test that a frontend without backends drops new flows, counted as reject when its plan
-/// says reject.
+/// Test that a frontend without backends whose plan says drop drops new flows, counted.
 #[test]
-fn frontend_without_backends_drops_counted_as_reject() {
-    let mut f = Fixture::new(vec![frontend(80, Protocol::Tcp, &[])]);
+fn frontend_without_backends_drops_when_the_plan_says_drop() {
+    let mut fe = frontend(80, Protocol::Tcp, &[]);
+    fe.on_empty = Some(OnEmpty::Drop);
+    let mut f = Fixture::new(vec![fe]);
     for hook in HOOKS {
         let (verdict, _) = f.run(hook, &tcp(CLIENT, 1, VIP, 80, true));
         assert_eq!(verdict, drop_(hook));
     }
-    assert_eq!(f.verdict(Reason::RejectNoBackend), 3);
+    assert_eq!(f.verdict(Reason::DropNoBackend), 3);
+}
+
+/// Test that a frontend without backends whose plan says reject answers a TCP SYN and a UDP
+/// datagram with ICMP port unreachable from the frontend to the client, quoting the client's
+/// IP header and its TCP header (20 bytes) or UDP header (8), checksums right, sent back out
+/// (XDP_TX on node devices, redirect on tc). XDP on pod interfaces cannot send it: dropped.
+#[test]
+fn frontend_without_backends_rejects_with_icmp_port_unreachable() {
+    const XDP_TX: u32 = 3;
+    const TC_REDIRECT: u32 = 7;
+    let mut f = Fixture::new(vec![
+        frontend(80, Protocol::Tcp, &[]),
+        frontend(53, Protocol::Udp, &[]),
+    ]);
+    for (pkt, l4_quote) in [
+        (tcp(CLIENT, 4444, VIP, 80, true), 20),
+        (udp(CLIENT, 4444, VIP, 53), 8),
+    ] {
+        let (verdict, _) = f.run(HookKind::XdpPod, &pkt);
+        assert_eq!(verdict, XDP_DROP);
+        for hook in [HookKind::Tc, HookKind::Xdp] {
+            let (verdict, out) = f.run(hook, &pkt);
+            let want = if hook == HookKind::Tc {
+                TC_REDIRECT
+            } else {
+                XDP_TX
+            };
+            assert_eq!(verdict, want, "{hook:?}");
+            assert_eq!(out.len(), 14 + 20 + 8 + 20 + l4_quote, "{hook:?}");
+            assert_eq!(&out[0..6], &MAC_A, "to the sender's MAC");
+            assert_eq!(&out[6..12], &MAC_B);
+            let p = SlicedPacket::from_ethernet(&out).expect("parse reply");
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("not IPv4")
+            };
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            assert_eq!((h.source, h.destination), (VIP, CLIENT));
+            let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+                panic!("not ICMP: {:?}", p.transport)
+            };
+            assert_eq!(
+                icmp.icmp_type(),
+                etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::Port
+                )
+            );
+            assert_eq!(
+                icmp.checksum(),
+                icmp.icmp_type().calc_checksum(icmp.payload()),
+                "ICMP checksum"
+            );
+            assert_eq!(icmp.payload(), &pkt[14..14 + 20 + l4_quote], "quote");
+        }
+    }
+    assert_eq!(f.verdict(Reason::RejectNoBackend), 4);
+    assert_eq!(f.verdict(Reason::RejectDropped), 2);
 }
 
 /// Test that XDP on pod interfaces updates a CHECKSUM_PARTIAL pseudo-header seed as a seed
@@ -587,7 +645,9 @@ fn without_affinity_one_clients_flows_spread() {
     let mut f = Fixture::new(vec![frontend(80, Protocol::Tcp, &backends)]);
     let mut seen = std::collections::BTreeSet::new();
     for port in 30000..30060u16 {
-        seen.insert(dst_of(&f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, true)).1));
+        seen.insert(dst_of(
+            &f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, true)).1,
+        ));
     }
     assert_eq!(seen.len(), 3);
 }

@@ -22,7 +22,7 @@ pub enum Reason {
     RevNat = 7,
     /// Frontend has no backends and its policy is drop.
     DropNoBackend = 8,
-    /// Frontend has no backends and its policy is reject (ICMP/RST not built yet: dropped).
+    /// Frontend has no backends and its policy is reject: ICMP port unreachable sent back.
     RejectNoBackend = 9,
     /// First packet of a flow whose conntrack insert failed: DNAT by flow hash all the same, so
     /// the flow keeps its backend while the backend set is unchanged.
@@ -31,10 +31,13 @@ pub enum Reason {
     DropNoSlot = 11,
     /// A checksum or store helper failed: the packet is dropped.
     AbortRewrite = 12,
+    /// Frontend has no backends and its policy is reject, but this hook cannot send the reply
+    /// (XDP on a pod veth cannot transmit into the pod): dropped.
+    RejectDropped = 13,
 }
 
 /// Number of reasons; the size of the verdict array.
-pub const REASON_COUNT: u32 = 13;
+pub const REASON_COUNT: u32 = 14;
 
 impl Reason {
     /// Every reason, in index order.
@@ -52,6 +55,7 @@ impl Reason {
         Reason::DnatNewUntracked,
         Reason::DropNoSlot,
         Reason::AbortRewrite,
+        Reason::RejectDropped,
     ];
 
     /// Stable snake_case name, used in `inspect` output and metric labels.
@@ -70,6 +74,7 @@ impl Reason {
             Reason::DnatNewUntracked => "dnat_new_untracked",
             Reason::DropNoSlot => "drop_no_slot",
             Reason::AbortRewrite => "abort_rewrite",
+            Reason::RejectDropped => "reject_dropped",
         }
     }
 }

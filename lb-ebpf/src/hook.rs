@@ -6,7 +6,11 @@
 //! as a seed. tc uses the kernel's checksum helpers, which know `ip_summed` and are exact.
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{csum, maps::PROTO_UDP, verdict::Reason};
@@ -14,6 +18,7 @@ use lb_common::{csum, maps::PROTO_UDP, verdict::Reason};
 use crate::{
     lb::{decide, Action, Nat},
     parse::{parse, ptr_at, Headers, Parsed, ETH_LEN},
+    reject,
     stats::count_verdict,
 };
 
@@ -31,6 +36,11 @@ pub trait Hook {
     fn prepare(&self) {}
     /// Rewrites one side's address and port of a parsed packet, with checksums.
     fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<()>;
+    /// Whether [`Hook::reject`] can send a reply from this hook.
+    const CAN_REJECT: bool = true;
+    /// Turns the packet into an ICMP port unreachable to its sender and returns the verdict
+    /// that sends it back.
+    fn reject(&self, h: &Headers) -> Option<Self::Verdict>;
 }
 
 /// Runs the load balancer on one packet and returns the verdict it counted.
@@ -46,6 +56,11 @@ pub fn run<H: Hook>(hook: &H) -> H::Verdict {
         Parsed::L4(h) => match decide(&h, len) {
             (reason, Action::Pass) => (reason, H::PASS),
             (reason, Action::Drop) => (reason, H::DROP),
+            (_, Action::Reject) if !H::CAN_REJECT => (Reason::RejectDropped, H::DROP),
+            (reason, Action::Reject) => match hook.reject(&h) {
+                Some(v) => (reason, v),
+                None => (Reason::AbortRewrite, H::DROP),
+            },
             (reason, Action::Rewrite(nat)) => match hook.rewrite(&h, &nat) {
                 Some(()) => (reason, H::PASS),
                 None => (Reason::AbortRewrite, H::DROP),
@@ -65,14 +80,18 @@ fn field_offsets(h: &Headers, nat: &Nat) -> (usize, usize) {
     }
 }
 
-/// XDP. `DETECT_PARTIAL`: recognise CHECKSUM_PARTIAL seeds (pod interfaces); off on node
-/// devices, where every packet carries a full checksum.
-pub struct Xdp<'a, const DETECT_PARTIAL: bool>(pub &'a XdpContext);
+/// XDP. `POD`: on the host side of pod interfaces, where packets from local sockets carry
+/// CHECKSUM_PARTIAL seeds (recognised and updated as seeds) and XDP_TX cannot reach the pod.
+/// Off on node devices, where every packet carries a full checksum.
+pub struct Xdp<'a, const POD: bool>(pub &'a XdpContext);
 
-impl<const DETECT_PARTIAL: bool> Hook for Xdp<'_, DETECT_PARTIAL> {
+impl<const POD: bool> Hook for Xdp<'_, POD> {
     type Verdict = u32;
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
+    /// XDP_TX on the host side of a veth goes nowhere unless the pod's side runs NAPI (XDP or
+    /// GRO there), which a pod's interface does not by default: pod hooks drop instead.
+    const CAN_REJECT: bool = !POD;
 
     #[inline(always)]
     fn start(&self) -> usize {
@@ -105,7 +124,7 @@ impl<const DETECT_PARTIAL: bool> Hook for Xdp<'_, DETECT_PARTIAL> {
             let udp = h.proto == PROTO_UDP;
             if !(udp && c == 0) {
                 let seed = csum::pseudo_header_seed(h.saddr, h.daddr, h.proto, h.l4_len);
-                let c = if DETECT_PARTIAL && c == seed {
+                let c = if POD && c == seed {
                     csum::seed_replace4(c, nat.old_addr, nat.new_addr)
                 } else {
                     let c = csum::replace4(c, nat.old_addr, nat.new_addr);
@@ -120,6 +139,33 @@ impl<const DETECT_PARTIAL: bool> Hook for Xdp<'_, DETECT_PARTIAL> {
             core::ptr::write_unaligned(port, nat.new_port);
         }
         Some(())
+    }
+
+    #[inline(always)]
+    fn reject(&self, h: &Headers) -> Option<u32> {
+        let (ip, icmp, new_len) = reject::headers(self.start(), self.end(), h)?;
+        let mut eth =
+            *ptr_at::<[u8; ETH_LEN]>(self.start(), self.end(), 0).map(|p| unsafe { &*p })?;
+        reject::swap_macs(&mut eth);
+        let old_len = self.end() - self.start();
+        let ctx = self.0.ctx;
+        // Room for the new IP and ICMP headers in front of the quoted IP header.
+        // SAFETY: helper calls on this program's own context.
+        if unsafe { bpf_xdp_adjust_head(ctx, -(reject::ADDED as i32)) } != 0 {
+            return None;
+        }
+        let delta = new_len as i32 - (old_len + reject::ADDED) as i32;
+        if unsafe { bpf_xdp_adjust_tail(ctx, delta) } != 0 {
+            return None;
+        }
+        let (s, e) = (self.start(), self.end());
+        let out = ptr_at::<[u8; ETH_LEN + reject::ADDED]>(s, e, 0)?;
+        // SAFETY: bounds-checked by ptr_at; the packet pointers were re-read after the helpers.
+        let out = unsafe { &mut *out };
+        out[..ETH_LEN].copy_from_slice(&eth);
+        out[ETH_LEN..ETH_LEN + 20].copy_from_slice(&ip);
+        out[ETH_LEN + 20..].copy_from_slice(&icmp);
+        Some(xdp_action::XDP_TX)
     }
 }
 
@@ -193,5 +239,29 @@ impl Hook for Tc<'_> {
         ctx.store(addr_off, &nat.new_addr, 0).ok()?;
         ctx.store(port_off, &nat.new_port, 0).ok()?;
         Some(())
+    }
+
+    #[inline(always)]
+    fn reject(&self, h: &Headers) -> Option<i32> {
+        let ctx = self.0;
+        let (ip, icmp, new_len) = reject::headers(self.start(), self.end(), h)?;
+        let mut eth =
+            *ptr_at::<[u8; ETH_LEN]>(self.start(), self.end(), 0).map(|p| unsafe { &*p })?;
+        reject::swap_macs(&mut eth);
+        ctx.adjust_room(reject::ADDED as i32, BPF_ADJ_ROOM_MAC, 0)
+            .ok()?;
+        let skb = ctx.skb.skb;
+        // SAFETY: helper call on this program's own context.
+        if unsafe { bpf_skb_change_tail(skb, new_len as u32, 0) } != 0 {
+            return None;
+        }
+        ctx.store(0, &eth, 0).ok()?;
+        ctx.store(ETH_LEN, &ip, 0).ok()?;
+        ctx.store(ETH_LEN + 20, &icmp, 0).ok()?;
+        // Back out of the interface it came in on: towards the pod.
+        // SAFETY: reads the context's ifindex; the helper only queues the redirect.
+        let ifindex = unsafe { (*skb).ifindex };
+        let r = unsafe { bpf_redirect(ifindex, 0) };
+        (r == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as i32)
     }
 }

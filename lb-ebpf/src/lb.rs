@@ -33,6 +33,8 @@ pub struct Nat {
 pub enum Action {
     Pass,
     Drop,
+    /// Answer with ICMP port unreachable.
+    Reject,
     Rewrite(Nat),
 }
 
@@ -107,7 +109,7 @@ fn to_frontend(h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
     if fe.slot_count == 0 {
         count_frontend(fe.id, len, false);
         return if fe.flags & FE_F_REJECT_EMPTY != 0 {
-            (Reason::RejectNoBackend, Action::Drop)
+            (Reason::RejectNoBackend, Action::Reject)
         } else {
             (Reason::DropNoBackend, Action::Drop)
         };

@@ -7,6 +7,7 @@ mod hook;
 mod lb;
 mod maps;
 mod parse;
+mod reject;
 mod stats;
 
 use aya_ebpf::{
