@@ -32,7 +32,7 @@ use kube::{
     Client, Config,
 };
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::model::Snapshot;
 
@@ -254,6 +254,8 @@ async fn drive<K>(
                         error = %e,
                         "watch failed: serving the last good state, reconnecting with backoff"
                     );
+                } else {
+                    debug!(resource = kind.resource(), error = %e, "watch still failing");
                 }
             }
         }

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod bpffs;
+pub mod fakeapi;
 pub mod netns;
 pub mod proc;
 pub mod scratch;
