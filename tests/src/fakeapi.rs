@@ -404,6 +404,7 @@ fn accept_loop(
             Ok((stream, _)) => {
                 let shared = shared.clone();
                 let _ = stream.set_nonblocking(false);
+                let _ = stream.set_nodelay(true);
                 // Threads inherit the namespace of the thread that creates them.
                 let _ = thread::Builder::new()
                     .name("fakeapi-conn".into())
@@ -507,12 +508,12 @@ fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<(
         500 => "Internal Server Error",
         _ => "Error",
     };
-    write!(
-        stream,
+    let response = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{text}",
         text.len()
-    )?;
+    );
+    stream.write_all(response.as_bytes())?;
     stream.flush()
 }
 
@@ -727,7 +728,9 @@ fn list(
 fn write_chunk(stream: &mut TcpStream, v: &Value) -> std::io::Result<()> {
     let mut text = v.to_string();
     text.push('\n');
-    write!(stream, "{:x}\r\n{text}\r\n", text.len())?;
+    // One write per chunk (and TCP_NODELAY): no Nagle delay between the pieces of an event.
+    let chunk = format!("{:x}\r\n{text}\r\n", text.len());
+    stream.write_all(chunk.as_bytes())?;
     stream.flush()
 }
 

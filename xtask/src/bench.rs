@@ -1,4 +1,5 @@
-//! Benchmarks. `pod-hook`: which program serves pod interfaces best, tcx or XDP, measured as
+//! Benchmarks (`sync-latency` lives in bench_sync.rs). `pod-hook`: which program serves pod
+//! interfaces best, tcx or XDP, measured as
 //! new TCP connections per second and requests per second on one established connection,
 //! from a client pod to a ClusterIP, against the routing floor (client to backend pod IP,
 //! no program attached). Contenders alternate within each round; medians are reported.
@@ -40,6 +41,15 @@ pub enum Which {
         #[arg(long, default_value_t = 5000)]
         requests: usize,
     },
+    /// EndpointSlice change at the (fake) API -> map entry updated: p50/p99 at each size.
+    SyncLatency {
+        /// Numbers of Services, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,10000")]
+        services: Vec<usize>,
+        /// Changes measured at each size.
+        #[arg(long, default_value_t = 300)]
+        changes: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -75,6 +85,10 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
             connections,
             requests,
         } => pod_hook(rounds, connections, requests),
+        Which::SyncLatency {
+            ref services,
+            changes,
+        } => crate::bench_sync::sync_latency(services, changes),
     }
 }
 

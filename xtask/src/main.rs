@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`.
 
 mod bench;
+mod bench_sync;
 mod build;
 mod demo;
 mod setup;

@@ -1,0 +1,194 @@
+//! `bench sync-latency`: how long an EndpointSlice change at the API takes to reach the BPF
+//! maps. The real agent runs in a node namespace against the fake API server (the real
+//! list/watch protocol over HTTP on the node's 127.0.0.1) with N Services of 2 endpoints each;
+//! one slice at a time flips between 2 and 3 endpoints, and the bench reads the pinned
+//! `LB_FRONTENDS` map directly until the frontend's slot count shows the change. Each change
+//! waits for the previous one to land and for --min-sync-period to pass, so it measures the
+//! latency of one change, not a batch.
+
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::maps::{Frontend, FrontendKey, MAP_FRONTENDS, PROTO_TCP};
+use lb_tests::{
+    fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi, Port},
+    BpffsGuard, Node, TempDir,
+};
+use serde_json::Value;
+
+use crate::build::root;
+
+const NODE: &str = "node-a";
+const MIN_SYNC: Duration = Duration::from_millis(10);
+
+fn cluster_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+fn endpoint_ip(i: usize, k: usize) -> Ipv4Addr {
+    let n = i * 3 + k;
+    Ipv4Addr::new(10, 244, (n / 250) as u8, (n % 250 + 2) as u8)
+}
+
+fn port() -> Port {
+    tcp_port("http", 80, 8080)
+}
+
+fn slice(i: usize, endpoints: usize) -> Value {
+    let eps: Vec<_> = (0..endpoints)
+        .map(|k| ready(endpoint_ip(i, k), NODE))
+        .collect();
+    endpoint_slice("bench", &format!("svc-{i}"), "x1y2z", &[port()], &eps)
+}
+
+fn key(i: usize) -> FrontendKey {
+    FrontendKey {
+        addr_be: u32::from_ne_bytes(cluster_ip(i).octets()),
+        port_be: 80u16.to_be(),
+        proto: PROTO_TCP,
+        scope: 0,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// One run at `services` Services; returns the sorted latencies.
+fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
+    let agent_bin = root().join("target/release/lb-agent");
+    let node_ns = Node::new("bench-sync")?;
+    let api = FakeApi::start(node_ns.ns())?;
+    api.apply(node(NODE, Some("172.18.0.10")))?;
+    let started = Instant::now();
+    for i in 0..services {
+        api.apply(service(
+            "bench",
+            &format!("svc-{i}"),
+            &cluster_ip(i).to_string(),
+            &[port()],
+        ))?;
+        api.apply(slice(i, 2))?;
+    }
+    let dir = TempDir::new("bench-sync")?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)?;
+    let bpffs = BpffsGuard::new("bench-sync")?;
+    let mut cmd = Command::new(&agent_bin);
+    cmd.args(["run", "--node", NODE, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--bpffs")
+        .arg(bpffs.path())
+        .args(["--min-sync-period", "10ms"])
+        .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
+        .env("RUST_LOG", "warn");
+    let mut agent = node_ns.ns().spawn("agent", &cmd)?;
+
+    // The pinned frontend map, read directly (the agent pins it before it lists anything).
+    let pin = bpffs.path().join("maps").join(MAP_FRONTENDS);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let map = loop {
+        if let Ok(data) = MapData::from_pin(&pin) {
+            break Map::from_map_data(data).context("pinned LB_FRONTENDS")?;
+        }
+        if Instant::now() > deadline || !agent.is_running() {
+            bail!("the agent did not pin its maps\n{}", agent.logs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let frontends: HashMap<_, FrontendKey, Frontend> =
+        HashMap::try_from(map).context("LB_FRONTENDS is a hash map")?;
+    let slots = |i: usize| frontends.get(&key(i), 0).ok().map(|f| f.slot_count);
+    // Initial sync: the last Service is programmed.
+    while slots(services - 1) != Some(2) {
+        if Instant::now() > deadline || !agent.is_running() {
+            bail!("initial sync did not finish\n{}", agent.logs());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "{services} services: created, listed and programmed in {:.2?}",
+        started.elapsed()
+    );
+
+    let mut state = vec![2usize; services];
+    let mut latencies = Vec::with_capacity(changes);
+    // A cheap deterministic spread over the services (LCG).
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..changes {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let i = (x >> 33) as usize % services;
+        let want = if state[i] == 2 { 3 } else { 2 };
+        let obj = slice(i, want);
+        std::thread::sleep(MIN_SYNC + Duration::from_millis(5));
+        let t0 = Instant::now();
+        api.apply(obj)?;
+        loop {
+            if slots(i) == Some(want as u32) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("change {i} did not land within 30 s\n{}", agent.logs());
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        latencies.push(t0.elapsed());
+        state[i] = want;
+    }
+    agent.stop()?;
+    let out = Command::new(&agent_bin)
+        .args(["cleanup", "--bpffs"])
+        .arg(bpffs.path())
+        .output()?;
+    if !out.status.success() {
+        bail!("cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// Runs the benchmark at each size and prints p50, p99 and max.
+pub fn sync_latency(sizes: &[usize], changes: usize) -> Result<()> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        if n == 0 || n > 60_000 {
+            bail!("--services {n}: want 1..=60000");
+        }
+        let l = run_one(n, changes)?;
+        let (p50, p99, max) = (percentile(&l, 0.5), percentile(&l, 0.99), l[l.len() - 1]);
+        println!("{n} services: {changes} changes: p50 {p50:.2?} p99 {p99:.2?} max {max:.2?}");
+        rows.push((n, p50, p99, max));
+    }
+    println!(
+        "\nEndpointSlice change at the API -> LB_FRONTENDS entry updated ({changes} changes each):"
+    );
+    println!(
+        "{:>10} {:>12} {:>12} {:>12}",
+        "services", "p50", "p99", "max"
+    );
+    let mut json = String::from("{\"benchmark\":\"sync-latency\",\"results\":[");
+    for (k, (n, p50, p99, max)) in rows.iter().enumerate() {
+        println!("{n:>10} {p50:>12.2?} {p99:>12.2?} {max:>12.2?}");
+        json.push_str(&format!(
+            "{}{{\"services\":{n},\"changes\":{changes},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+            if k > 0 { "," } else { "" },
+            p50.as_micros(),
+            p99.as_micros(),
+            max.as_micros()
+        ));
+    }
+    json.push_str("]}\n");
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("sync-latency.json"), json)?;
+    println!("results in {}", out.join("sync-latency.json").display());
+    Ok(())
+}
