@@ -26,6 +26,7 @@
 
 pub mod bpffs;
 pub mod fakeapi;
+pub mod manifests;
 pub mod netns;
 pub mod proc;
 pub mod scratch;
