@@ -7,6 +7,7 @@
 //! atomically). Cached objects are trimmed to what the plan reads.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -25,7 +26,7 @@ use kube::{
     api::Api,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         utils::Backoff,
         watcher, WatchStreamExt,
     },
@@ -83,8 +84,57 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Change {
     pub kind: Kind,
+    /// What changed: one object, or everything (a list replaced the store).
+    pub scope: Scope,
     /// For EndpointSlices: the last-change-trigger-time annotation, if any.
     pub trigger_time: Option<SystemTime>,
+}
+
+/// What a change touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The store was replaced (initial list, relist after 410): anything may have changed.
+    All,
+    /// The Service "namespace/name" was added, changed or deleted.
+    Service(String),
+    /// The EndpointSlice "namespace/name" changed; `service` is the "namespace/name" of the
+    /// Service it belongs to now, None if deleted or without the service-name label.
+    Slice {
+        slice: String,
+        service: Option<String>,
+    },
+}
+
+fn object_key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The "namespace/name" of the Service an EndpointSlice belongs to, from its label.
+pub fn slice_service(meta: &ObjectMeta) -> Option<String> {
+    let service = meta
+        .labels
+        .as_ref()?
+        .get(crate::plan::LABEL_SERVICE_NAME)
+        .filter(|s| !s.is_empty())?;
+    Some(format!(
+        "{}/{service}",
+        meta.namespace.as_deref().unwrap_or_default()
+    ))
+}
+
+fn scope_of(kind: Kind, meta: &ObjectMeta, deleted: bool) -> Scope {
+    match kind {
+        Kind::Service => Scope::Service(object_key(meta)),
+        Kind::EndpointSlice => Scope::Slice {
+            slice: object_key(meta),
+            service: if deleted { None } else { slice_service(meta) },
+        },
+        Kind::Node => Scope::All,
+    }
 }
 
 /// The reflectors' stores.
@@ -229,16 +279,25 @@ async fn drive<K>(
                 if failing.swap(false, Ordering::Relaxed) {
                     info!(resource = kind.resource(), "watch reconnected");
                 }
-                let trigger_time = match &event {
-                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => trigger_time(o.meta()),
+                let (scope, trigger_time) = match &event {
+                    watcher::Event::Apply(o) => {
+                        (scope_of(kind, o.meta(), false), trigger_time(o.meta()))
+                    }
+                    watcher::Event::Delete(o) => {
+                        (scope_of(kind, o.meta(), true), trigger_time(o.meta()))
+                    }
                     watcher::Event::InitDone => {
                         info!(resource = kind.resource(), "listed");
-                        None
+                        (Scope::All, None)
                     }
                     // Pages of a list: the store changes only at InitDone.
                     watcher::Event::Init | watcher::Event::InitApply(_) => continue,
                 };
-                let _ = tx.send(Change { kind, trigger_time });
+                let _ = tx.send(Change {
+                    kind,
+                    scope,
+                    trigger_time,
+                });
             }
             Err(e) => {
                 on_error(kind);
@@ -341,8 +400,43 @@ impl ApiSource {
         }
     }
 
-    /// This node's Node object, if the API has it.
-    pub fn node(&self) -> Option<Arc<Node>> {
-        self.nodes.state().into_iter().next()
+    /// The Services `keys` ("namespace/name"), the EndpointSlices that belong to them, and
+    /// the Node: all the plan needs to plan those Services alone.
+    pub fn snapshot_of(&self, keys: &BTreeSet<String>) -> Snapshot {
+        let services = keys
+            .iter()
+            .filter_map(|k| {
+                let (ns, name) = k.split_once('/')?;
+                self.services
+                    .get(&ObjectRef::new(name).within(ns))
+                    .map(|s| (*s).clone())
+            })
+            .collect();
+        // namespace -> names, so the scan over every slice allocates nothing.
+        let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for k in keys {
+            if let Some((ns, name)) = k.split_once('/') {
+                wanted.entry(ns).or_default().insert(name);
+            }
+        }
+        let endpoint_slices = self
+            .slices
+            .state_filter(|s| {
+                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+                let service = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::plan::LABEL_SERVICE_NAME));
+                service.is_some_and(|svc| wanted.get(ns).is_some_and(|n| n.contains(svc.as_str())))
+            })
+            .iter()
+            .map(|s| (**s).clone())
+            .collect();
+        Snapshot {
+            services,
+            endpoint_slices,
+            nodes: self.nodes.state().iter().map(|s| (**s).clone()).collect(),
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::{atomic::AtomicU64, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -86,7 +86,7 @@ pub struct Telemetry {
     drift_repairs: Counter,
     sync_errors: Counter,
     watch_errors: Family<ResourceLabel, Counter>,
-    frontends: Mutex<BTreeMap<u32, FrontendLabels>>,
+    plan: Mutex<Arc<Plan>>,
     occupancy: Mutex<[u64; 3]>,
     health: Mutex<Health>,
     sizes: MapSizes,
@@ -181,7 +181,7 @@ impl Telemetry {
             drift_repairs,
             sync_errors,
             watch_errors,
-            frontends: Mutex::new(BTreeMap::new()),
+            plan: Mutex::default(),
             occupancy: Mutex::new([0; 3]),
             health: Mutex::new(Health {
                 last_updated: None,
@@ -207,13 +207,14 @@ impl Telemetry {
         h.oldest_pending.get_or_insert_with(Instant::now);
     }
 
-    /// A sync finished: the maps hold `entries`, planned from `plan`. `trigger_times` are the
-    /// EndpointSlice changes this sync made visible.
+    /// A sync finished: the maps hold what `plan` says, with `occupancy` entries in the
+    /// frontend, slot and backend maps. `trigger_times` are the EndpointSlice changes this sync
+    /// made visible.
     pub fn synced(
         &self,
         started: Instant,
-        plan: &Plan,
-        entries: &Entries,
+        plan: Arc<Plan>,
+        occupancy: [usize; 3],
         trigger_times: &[SystemTime],
     ) {
         let now = SystemTime::now();
@@ -224,9 +225,17 @@ impl Telemetry {
                 self.network_programming.observe(d.as_secs_f64());
             }
         }
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan;
+        *self.occupancy.lock().unwrap_or_else(|e| e.into_inner()) = occupancy.map(|n| n as u64);
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.last_updated = Some(now);
+        h.oldest_pending = None;
+    }
+
+    /// Frontend id -> labels, from the last plan and the ids the kernel's frontend map holds.
+    fn frontend_labels(&self, entries: &Entries) -> BTreeMap<u32, FrontendLabels> {
+        let plan = self.plan.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut labels = BTreeMap::new();
-        let by_key: BTreeMap<FrontendKey, u32> =
-            entries.frontends.iter().map(|(k, f)| (*k, f.id)).collect();
         for fe in &plan.frontends {
             let std::net::IpAddr::V4(ip) = fe.ip else {
                 continue;
@@ -237,9 +246,9 @@ impl Telemetry {
                 proto: crate::maps::proto_number(fe.protocol),
                 scope: 0,
             };
-            if let Some(id) = by_key.get(&key) {
+            if let Some(f) = entries.frontends.get(&key) {
                 labels.insert(
-                    *id,
+                    f.id,
                     FrontendLabels {
                         service: fe.service.clone(),
                         port_name: fe.port_name.clone(),
@@ -249,15 +258,7 @@ impl Telemetry {
                 );
             }
         }
-        *self.frontends.lock().unwrap_or_else(|e| e.into_inner()) = labels;
-        *self.occupancy.lock().unwrap_or_else(|e| e.into_inner()) = [
-            entries.frontends.len() as u64,
-            entries.slots.len() as u64,
-            entries.backends.len() as u64,
-        ];
-        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.last_updated = Some(now);
-        h.oldest_pending = None;
+        labels
     }
 
     pub fn sync_failed(&self) {
@@ -344,11 +345,10 @@ impl Telemetry {
         let packets = Family::<FrontendLabels, Counter>::default();
         let bytes = Family::<FrontendLabels, Counter>::default();
         let flows = Family::<FrontendLabels, Counter>::default();
-        let frontends = self
-            .frontends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let frontends = match pinned.entries() {
+            Ok(entries) => self.frontend_labels(&entries),
+            Err(_) => BTreeMap::new(),
+        };
         for (id, labels) in &frontends {
             if let Ok(s) = pinned.frontend_stats(*id) {
                 packets.get_or_create(labels).inc_by(s.packets);

@@ -3,7 +3,7 @@
 //! until SIGINT or SIGTERM.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -18,12 +18,12 @@ use tracing::{error, info, warn};
 use crate::{
     dataplane::{Dataplane, MapSizes},
     http::{self, HealthCheckServers},
-    kube_source::{self, ApiSource, Change},
+    kube_source::{self, ApiSource, Change, Scope},
     links::{watch_links, Selector},
     maps::{self, Capacity, Entries, Ids},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
-    plan,
+    plan::{self, Frontend, HealthCheck, Plan},
 };
 
 /// Where the objects come from.
@@ -81,12 +81,76 @@ struct Agent {
     current: Entries,
     telemetry: Arc<Telemetry>,
     health_checks: HealthCheckServers,
-    /// Warnings of the last sync, so each is logged once, not at every sync.
+    /// Warnings already logged, so each is logged once, not at every sync.
     warned: BTreeSet<String>,
+    /// The plan per Service (API source), so a change replans only what it touches.
+    cache: PlanCache,
+}
+
+/// The plan kept per Service: frontends and health check by "namespace/name", and which
+/// Service each EndpointSlice belonged to at the last sync (to replan its old owner too).
+#[derive(Default)]
+struct PlanCache {
+    frontends: BTreeMap<String, Vec<Frontend>>,
+    checks: BTreeMap<String, HealthCheck>,
+    slice_owner: BTreeMap<String, String>,
+}
+
+impl PlanCache {
+    /// Replaces the entries of `services` with what `plan` and `checks` say about them.
+    fn replace(
+        &mut self,
+        services: &BTreeSet<String>,
+        frontends: Vec<Frontend>,
+        checks: Vec<HealthCheck>,
+    ) {
+        for s in services {
+            self.frontends.remove(s);
+            self.checks.remove(s);
+        }
+        for fe in frontends {
+            self.frontends
+                .entry(fe.service.clone())
+                .or_default()
+                .push(fe);
+        }
+        for c in checks {
+            self.checks.insert(c.service.clone(), c);
+        }
+    }
+
+    /// The whole plan, in the plan's canonical order (by Service first, then within it as
+    /// each Service's plan already is).
+    fn plan(&self) -> Plan {
+        Plan {
+            frontends: self.frontends.values().flatten().cloned().collect(),
+        }
+    }
+}
+
+/// What changed since the last sync.
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    services: BTreeSet<String>,
+    /// (slice, the Service it belongs to now).
+    slices: Vec<(String, Option<String>)>,
+}
+
+impl Dirty {
+    fn add(&mut self, scope: &Scope) {
+        match scope {
+            Scope::All => self.all = true,
+            Scope::Service(s) => {
+                self.services.insert(s.clone());
+            }
+            Scope::Slice { slice, service } => self.slices.push((slice.clone(), service.clone())),
+        }
+    }
 }
 
 impl Agent {
-    /// Plans the snapshot and applies the difference: only the entries that change are
+    /// Plans the whole snapshot and applies the difference: only the entries that change are
     /// written, in an order that never shows a packet a half-built frontend (`maps::diff`).
     /// A source that cannot be read keeps the last good state; bad objects are reported and
     /// skipped.
@@ -104,32 +168,99 @@ impl Agent {
         };
         let output = plan::plan(&snapshot, &self.cfg.node);
         diagnostics.extend(output.diagnostics);
-        let plan = output.plan;
-        let (desired, skipped) = maps::desired(&plan, &mut self.ids);
-        let mut warned = BTreeSet::new();
-        for w in diagnostics.iter().map(|d| format!("skipped: {d}")).chain(
-            skipped
-                .iter()
-                .map(|s| format!("frontend not programmed: {s}")),
-        ) {
-            if !self.warned.contains(&w) {
+        self.warned.clear();
+        self.warn(&diagnostics);
+        let checks = plan::health_checks(&snapshot, &self.cfg.node);
+        self.cache = PlanCache::default();
+        if matches!(self.source, Source::Api(_)) {
+            for slice in &snapshot.endpoint_slices {
+                if let Some(owner) = kube_source::slice_service(&slice.metadata) {
+                    self.cache.slice_owner.insert(
+                        format!(
+                            "{}/{}",
+                            slice.metadata.namespace.as_deref().unwrap_or_default(),
+                            slice.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                        owner,
+                    );
+                }
+            }
+        }
+        self.cache
+            .replace(&BTreeSet::new(), output.plan.frontends, checks);
+        self.telemetry
+            .set_node_eligible(node_eligible(&snapshot, &self.cfg.node));
+        self.apply(reason, started, trigger_times).await;
+    }
+
+    /// Replans only the Services `dirty` touches (API source) and applies the difference.
+    async fn sync_dirty(&mut self, dirty: Dirty, trigger_times: &[SystemTime]) {
+        let Source::Api(api) = &self.source else {
+            return self.sync("changes", trigger_times).await;
+        };
+        if dirty.all {
+            return self.sync("API lists or Node changed", trigger_times).await;
+        }
+        let started = Instant::now();
+        let mut services = dirty.services;
+        for (slice, owner) in dirty.slices {
+            let old = match &owner {
+                Some(o) => self.cache.slice_owner.insert(slice, o.clone()),
+                None => self.cache.slice_owner.remove(&slice),
+            };
+            services.extend(old);
+            services.extend(owner);
+        }
+        let snapshot = api.snapshot_of(&services);
+        let output = plan::plan(&snapshot, &self.cfg.node);
+        self.warn(&output.diagnostics);
+        let checks = plan::health_checks(&snapshot, &self.cfg.node);
+        self.cache.replace(&services, output.plan.frontends, checks);
+        self.apply("API changes", started, trigger_times).await;
+    }
+
+    /// Logs each diagnostic not logged before.
+    fn warn(&mut self, diagnostics: &[Diagnostic]) {
+        for d in diagnostics {
+            let w = format!("skipped: {d}");
+            if self.warned.insert(w.clone()) {
                 warn!("{w}");
             }
-            warned.insert(w);
         }
-        self.warned = warned;
+    }
+
+    /// Turns the cached plan into map entries and writes the difference.
+    async fn apply(&mut self, reason: &str, started: Instant, trigger_times: &[SystemTime]) {
+        let plan = Arc::new(self.cache.plan());
+        let planned = started.elapsed();
+        let (desired, skipped) = maps::desired(&plan, &mut self.ids);
+        for s in &skipped {
+            let w = format!("frontend not programmed: {s}");
+            if self.warned.insert(w.clone()) {
+                warn!("{w}");
+            }
+        }
         let ops = maps::diff(&self.current, &desired);
         let n = ops.len();
         match self.dp.apply(&ops) {
             Ok(()) => {
                 self.current = desired;
-                self.telemetry
-                    .synced(started, &plan, &self.current, trigger_times);
+                self.telemetry.synced(
+                    started,
+                    plan,
+                    [
+                        self.current.frontends.len(),
+                        self.current.slots.len(),
+                        self.current.backends.len(),
+                    ],
+                    trigger_times,
+                );
                 info!(
                     reason,
                     frontends = self.current.frontends.len(),
                     backends = self.current.backends.len(),
                     writes = n,
+                    plan_us = planned.as_micros() as u64,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "synced"
                 );
@@ -146,10 +277,8 @@ impl Agent {
                 }
             }
         }
-        self.telemetry
-            .set_node_eligible(node_eligible(&snapshot, &self.cfg.node));
         self.health_checks
-            .update(plan::health_checks(&snapshot, &self.cfg.node))
+            .update(self.cache.checks.values().cloned().collect())
             .await;
     }
 
@@ -264,6 +393,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         current,
         telemetry,
         warned: BTreeSet::new(),
+        cache: PlanCache::default(),
     };
     // Maps first, then programs: a program never runs against maps older than the files.
     // From the API, nothing is programmed before the caches are full (below); until then the
@@ -297,6 +427,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     if !ready {
         info!("waiting for the API caches (Services, EndpointSlices, Node) before programming");
     }
+    let mut dirty = Dirty::default();
     let mut pending = false;
     let mut trigger_times = Vec::new();
     let mut next_sync = tokio::time::Instant::now();
@@ -307,19 +438,22 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             _ = sigint.recv() => { info!("SIGINT: exiting, dataplane left in place"); break; }
             () = &mut caches_ready, if !ready => {
                 ready = true;
-                drain(&mut api_rx, &agent.telemetry, &mut trigger_times);
+                drain(&mut api_rx, &agent.telemetry, &mut dirty, &mut trigger_times);
+                dirty = Dirty::default();
                 info!("API caches synced");
                 agent.sync("initial sync from the API", &std::mem::take(&mut trigger_times)).await;
                 pending = false;
                 next_sync = tokio::time::Instant::now() + agent.cfg.min_sync_period;
             }
             Some(change) = api_rx.recv() => {
-                record(&change, &agent.telemetry, &mut trigger_times);
+                record(&change, &agent.telemetry, &mut dirty, &mut trigger_times);
                 pending = true;
             }
             () = tokio::time::sleep_until(next_sync), if pending && ready => {
-                drain(&mut api_rx, &agent.telemetry, &mut trigger_times);
-                agent.sync("API changes", &std::mem::take(&mut trigger_times)).await;
+                drain(&mut api_rx, &agent.telemetry, &mut dirty, &mut trigger_times);
+                agent
+                    .sync_dirty(std::mem::take(&mut dirty), &std::mem::take(&mut trigger_times))
+                    .await;
                 pending = false;
                 next_sync = tokio::time::Instant::now() + agent.cfg.min_sync_period;
             }
@@ -337,12 +471,19 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// Counts a change for the metrics and keeps its trigger time for the next sync.
-fn record(change: &Change, telemetry: &Telemetry, trigger_times: &mut Vec<SystemTime>) {
+/// Counts a change for the metrics, marks what it touches, and keeps its trigger time for
+/// the next sync.
+fn record(
+    change: &Change,
+    telemetry: &Telemetry,
+    dirty: &mut Dirty,
+    trigger_times: &mut Vec<SystemTime>,
+) {
     telemetry.queued(
         change.kind == kube_source::Kind::EndpointSlice,
         change.kind == kube_source::Kind::Service,
     );
+    dirty.add(&change.scope);
     trigger_times.extend(change.trigger_time);
 }
 
@@ -350,10 +491,11 @@ fn record(change: &Change, telemetry: &Telemetry, trigger_times: &mut Vec<System
 fn drain(
     rx: &mut mpsc::UnboundedReceiver<Change>,
     telemetry: &Telemetry,
+    dirty: &mut Dirty,
     trigger_times: &mut Vec<SystemTime>,
 ) {
     while let Ok(change) = rx.try_recv() {
-        record(&change, telemetry, trigger_times);
+        record(&change, telemetry, dirty, trigger_times);
     }
 }
 
