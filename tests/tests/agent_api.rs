@@ -554,3 +554,109 @@ fn health_check_node_port_reports_local_endpoints() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Test that an EndpointSlice relabelled from one Service to another moves its endpoints: the
+/// Service it left loses them and the one it joined gets them (both are replanned).
+#[test]
+fn a_slice_moving_to_another_service_moves_its_endpoints() {
+    let mut lab = ApiLab::new("api-move", 2);
+    let other: SocketAddr = "10.96.0.20:80".parse().unwrap();
+    echo(&lab.api, &[1]);
+    lab.api
+        .apply(service("default", "other", "10.96.0.20", &[http_port()]))
+        .unwrap();
+    let moving = |owner: &str| {
+        let mut s = endpoint_slice(
+            "default",
+            "extra",
+            "m0v3d",
+            &[http_port()],
+            &[ready(backend_ip(2), NODE)],
+        );
+        s["metadata"]["labels"]["kubernetes.io/service-name"] = owner.into();
+        s
+    };
+    lab.api.apply(moving("echo")).unwrap();
+    lab.start_agent();
+    lab.wait_backends(vip(), &[1, 2]);
+    lab.api.apply(moving("other")).unwrap();
+    lab.wait_backends(vip(), &[1]);
+    lab.wait_backends(other, &[2]);
+    lab.api
+        .delete("EndpointSlice", "default", "extra-m0v3d")
+        .unwrap();
+    lab.wait_backends(other, &[]);
+    lab.wait_backends(vip(), &[1]);
+}
+
+/// Test that the periodic full resync repairs an entry deleted behind the agent's back, and
+/// counts the repair in its metrics.
+#[test]
+fn periodic_resync_repairs_drift_and_counts_it() {
+    let mut lab = ApiLab::new("api-drift", 2);
+    echo(&lab.api, &[1, 2]);
+    lab.start_agent();
+    lab.wait_backends(vip(), &[1, 2]);
+    // LB_FRONTENDS key of 10.96.0.10:80/TCP: address and port in network order, proto, scope.
+    let map = lab.bpffs.path().join("maps/LB_FRONTENDS");
+    #[rustfmt::skip]
+    lab.node.ns().run("bpftool", &[
+        "map", "delete", "pinned", map.to_str().unwrap(),
+        "key", "10", "96", "0", "10", "0", "80", "6", "0",
+    ])
+    .expect("bpftool map delete");
+    assert_eq!(lab.backends(vip()), None);
+    // --resync-period is 2 s in these tests.
+    lab.wait_backends(vip(), &[1, 2]);
+    assert_spread(&lab, 40, &["b1", "b2"]);
+    let (_, text) = lab.get(METRICS, "/metrics");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("xdplb_drift_repairs_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(lab.log().contains("drifted"), "{}", lab.log());
+}
+
+/// Test that a list larger than a page (the client asks for 500 at a time) is read through
+/// its continue tokens and every Service of it is programmed.
+#[test]
+fn services_listed_over_several_pages_are_all_programmed() {
+    let mut lab = ApiLab::new("api-pages", 1);
+    let n = 1200;
+    for i in 0..n {
+        let ip = format!("10.96.{}.{}", 10 + i / 200, i % 200 + 1);
+        lab.api
+            .apply(service("default", &format!("s{i}"), &ip, &[http_port()]))
+            .unwrap();
+        lab.api
+            .apply(endpoint_slice(
+                "default",
+                &format!("s{i}"),
+                "p4g3s",
+                &[http_port()],
+                &[ready(backend_ip(1), NODE)],
+            ))
+            .unwrap();
+    }
+    lab.start_agent();
+    lab.wait_log("API caches synced", 1);
+    lab.wait_log("synced reason", 1);
+    let frontends = lab.inspect()["frontends"].as_array().unwrap().len();
+    assert_eq!(frontends, n, "{}", lab.log());
+    let r = lab.api.requests(Resource::Services);
+    assert!(
+        r.lists >= 3,
+        "1200 Services in pages of 500 need 3 lists: {r:?}"
+    );
+    // The last Service of the last page carries traffic.
+    let last: SocketAddr = format!("10.96.{}.{}:80", 10 + (n - 1) / 200, (n - 1) % 200 + 1)
+        .parse()
+        .unwrap();
+    let spread = lab.client().tcp_spread(last, 10);
+    assert_eq!(
+        (spread.ok(), spread.backends()),
+        (10, vec!["b1"]),
+        "{spread}"
+    );
+}
