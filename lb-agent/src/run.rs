@@ -83,6 +83,7 @@ struct Agent {
     health_checks: HealthCheckServers,
     /// Warnings already logged, so each is logged once, not at every sync.
     warned: BTreeSet<String>,
+    warned_skipped: BTreeSet<String>,
     /// The plan per Service (API source), so a change replans only what it touches.
     cache: PlanCache,
 }
@@ -168,8 +169,15 @@ impl Agent {
         };
         let output = plan::plan(&snapshot, &self.cfg.node);
         diagnostics.extend(output.diagnostics);
-        self.warned.clear();
-        self.warn(&diagnostics);
+        // A full sync forgets warnings about objects that are gone, and logs only new ones.
+        let before = std::mem::take(&mut self.warned);
+        for d in &diagnostics {
+            let w = format!("skipped: {d}");
+            if !before.contains(&w) {
+                warn!("{w}");
+            }
+            self.warned.insert(w);
+        }
         let checks = plan::health_checks(&snapshot, &self.cfg.node);
         self.cache = PlanCache::default();
         if matches!(self.source, Source::Api(_)) {
@@ -234,12 +242,16 @@ impl Agent {
         let plan = Arc::new(self.cache.plan());
         let planned = started.elapsed();
         let (desired, skipped) = maps::desired(&plan, &mut self.ids);
+        // `skipped` is always complete: log what is new since the last sync.
+        let mut now = BTreeSet::new();
         for s in &skipped {
             let w = format!("frontend not programmed: {s}");
-            if self.warned.insert(w.clone()) {
+            if !self.warned_skipped.contains(&w) {
                 warn!("{w}");
             }
+            now.insert(w);
         }
+        self.warned_skipped = now;
         let ops = maps::diff(&self.current, &desired);
         let n = ops.len();
         match self.dp.apply(&ops) {
@@ -393,6 +405,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         current,
         telemetry,
         warned: BTreeSet::new(),
+        warned_skipped: BTreeSet::new(),
         cache: PlanCache::default(),
     };
     // Maps first, then programs: a program never runs against maps older than the files.

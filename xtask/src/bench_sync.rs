@@ -87,7 +87,8 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
         .arg(bpffs.path())
         .args(["--min-sync-period", "10ms"])
         .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
     let mut agent = node_ns.ns().spawn("agent", &cmd)?;
 
     // The pinned frontend map, read directly (the agent pins it before it lists anything).
@@ -142,6 +143,29 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
         }
         latencies.push(t0.elapsed());
         state[i] = want;
+    }
+    // The agent's own view of the same syncs: replanning, and replanning + map writes.
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let rest = line.split(&format!(" {name}=")).nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    let log = agent.stderr();
+    let mut plan_us = Vec::new();
+    let mut sync_us = Vec::new();
+    for line in log.lines().filter(|l| l.contains("reason=\"API changes\"")) {
+        plan_us.extend(field(line, "plan_us"));
+        sync_us.extend(field(line, "elapsed_us"));
+    }
+    plan_us.sort_unstable();
+    sync_us.sort_unstable();
+    if !sync_us.is_empty() {
+        println!(
+            "{services} services: in the agent, per sync: replan p50 {} us, replan + maps p50 {} us, p99 {} us ({} syncs)",
+            plan_us[plan_us.len() / 2],
+            sync_us[sync_us.len() / 2],
+            sync_us[(sync_us.len() - 1) * 99 / 100],
+            sync_us.len()
+        );
     }
     agent.stop()?;
     let out = Command::new(&agent_bin)
