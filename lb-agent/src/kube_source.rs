@@ -7,7 +7,7 @@
 //! atomically). Cached objects are trimmed to what the plan reads.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -400,38 +400,30 @@ impl ApiSource {
         }
     }
 
-    /// The Services `keys` ("namespace/name"), the EndpointSlices that belong to them, and
-    /// the Node: all the plan needs to plan those Services alone.
-    pub fn snapshot_of(&self, keys: &BTreeSet<String>) -> Snapshot {
+    /// The Services `keys` and the EndpointSlices `slices` ("namespace/name" each; those that
+    /// are gone are left out), and the Node: all the plan needs to plan those Services alone.
+    /// Lookups by key: nothing scans the stores.
+    pub fn snapshot_of<'a>(
+        &self,
+        keys: &BTreeSet<String>,
+        slices: impl IntoIterator<Item = &'a String>,
+    ) -> Snapshot {
+        fn lookup<K>(store: &Store<K>, key: &str) -> Option<K>
+        where
+            K: kube::Resource<DynamicType = ()> + Clone,
+        {
+            let (ns, name) = key.split_once('/')?;
+            store
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|o| (*o).clone())
+        }
         let services = keys
             .iter()
-            .filter_map(|k| {
-                let (ns, name) = k.split_once('/')?;
-                self.services
-                    .get(&ObjectRef::new(name).within(ns))
-                    .map(|s| (*s).clone())
-            })
+            .filter_map(|k| lookup(&self.services, k))
             .collect();
-        // namespace -> names, so the scan over every slice allocates nothing.
-        let mut wanted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for k in keys {
-            if let Some((ns, name)) = k.split_once('/') {
-                wanted.entry(ns).or_default().insert(name);
-            }
-        }
-        let endpoint_slices = self
-            .slices
-            .state_filter(|s| {
-                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
-                let service = s
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(crate::plan::LABEL_SERVICE_NAME));
-                service.is_some_and(|svc| wanted.get(ns).is_some_and(|n| n.contains(svc.as_str())))
-            })
-            .iter()
-            .map(|s| (**s).clone())
+        let endpoint_slices = slices
+            .into_iter()
+            .filter_map(|k| lookup(&self.slices, k))
             .collect();
         Snapshot {
             services,

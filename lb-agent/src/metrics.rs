@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{atomic::AtomicU64, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -24,7 +24,27 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{dataplane::MapSizes, maps::Entries, plan::Plan};
+use crate::{dataplane::MapSizes, plan::Frontend};
+
+/// The map key and the metric labels of a plan frontend (IPv4 only, as the dataplane).
+fn frontend_labels(fe: &Frontend) -> Option<(FrontendKey, FrontendLabels)> {
+    let std::net::IpAddr::V4(ip) = fe.ip else {
+        return None;
+    };
+    let key = FrontendKey {
+        addr_be: crate::maps::raw_v4(ip),
+        port_be: crate::maps::raw_port(fe.port),
+        proto: crate::maps::proto_number(fe.protocol),
+        scope: 0,
+    };
+    let labels = FrontendLabels {
+        service: fe.service.clone(),
+        port_name: fe.port_name.clone(),
+        frontend: format!("{}:{}", fe.ip, fe.port),
+        protocol: format!("{:?}", fe.protocol).to_uppercase(),
+    };
+    Some((key, labels))
+}
 
 /// The labels of one frontend's counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,7 +106,7 @@ pub struct Telemetry {
     drift_repairs: Counter,
     sync_errors: Counter,
     watch_errors: Family<ResourceLabel, Counter>,
-    plan: Mutex<Arc<Plan>>,
+    labels: Mutex<BTreeMap<FrontendKey, FrontendLabels>>,
     occupancy: Mutex<[u64; 3]>,
     health: Mutex<Health>,
     sizes: MapSizes,
@@ -181,7 +201,7 @@ impl Telemetry {
             drift_repairs,
             sync_errors,
             watch_errors,
-            plan: Mutex::default(),
+            labels: Mutex::default(),
             occupancy: Mutex::new([0; 3]),
             health: Mutex::new(Health {
                 last_updated: None,
@@ -207,16 +227,9 @@ impl Telemetry {
         h.oldest_pending.get_or_insert_with(Instant::now);
     }
 
-    /// A sync finished: the maps hold what `plan` says, with `occupancy` entries in the
-    /// frontend, slot and backend maps. `trigger_times` are the EndpointSlice changes this sync
-    /// made visible.
-    pub fn synced(
-        &self,
-        started: Instant,
-        plan: Arc<Plan>,
-        occupancy: [usize; 3],
-        trigger_times: &[SystemTime],
-    ) {
+    /// A sync finished: the maps hold `occupancy` entries in the frontend, slot and backend
+    /// maps. `trigger_times` are the EndpointSlice changes this sync made visible.
+    pub fn synced(&self, started: Instant, occupancy: [usize; 3], trigger_times: &[SystemTime]) {
         let now = SystemTime::now();
         self.sync_duration.observe(started.elapsed().as_secs_f64());
         self.last_sync.set(unix_seconds(now));
@@ -225,40 +238,32 @@ impl Telemetry {
                 self.network_programming.observe(d.as_secs_f64());
             }
         }
-        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan;
         *self.occupancy.lock().unwrap_or_else(|e| e.into_inner()) = occupancy.map(|n| n as u64);
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.last_updated = Some(now);
         h.oldest_pending = None;
     }
 
-    /// Frontend id -> labels, from the last plan and the ids the kernel's frontend map holds.
-    fn frontend_labels(&self, entries: &Entries) -> BTreeMap<u32, FrontendLabels> {
-        let plan = self.plan.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut labels = BTreeMap::new();
-        for fe in &plan.frontends {
-            let std::net::IpAddr::V4(ip) = fe.ip else {
-                continue;
-            };
-            let key = FrontendKey {
-                addr_be: crate::maps::raw_v4(ip),
-                port_be: crate::maps::raw_port(fe.port),
-                proto: crate::maps::proto_number(fe.protocol),
-                scope: 0,
-            };
-            if let Some(f) = entries.frontends.get(&key) {
-                labels.insert(
-                    f.id,
-                    FrontendLabels {
-                        service: fe.service.clone(),
-                        port_name: fe.port_name.clone(),
-                        frontend: format!("{}:{}", fe.ip, fe.port),
-                        protocol: format!("{:?}", fe.protocol).to_uppercase(),
-                    },
-                );
+    /// The labels of every planned frontend (after a full replan).
+    pub fn set_frontends(&self, frontends: &[Frontend]) {
+        let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        labels.clear();
+        for fe in frontends {
+            if let Some((k, l)) = frontend_labels(fe) {
+                labels.insert(k, l);
             }
         }
-        labels
+    }
+
+    /// The labels after replanning some Services: `removed` were theirs, `added` are.
+    pub fn update_frontends(&self, removed: &[Frontend], added: &[Frontend]) {
+        let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, _) in removed.iter().filter_map(frontend_labels) {
+            labels.remove(&k);
+        }
+        for (k, l) in added.iter().filter_map(frontend_labels) {
+            labels.insert(k, l);
+        }
     }
 
     pub fn sync_failed(&self) {
@@ -345,10 +350,16 @@ impl Telemetry {
         let packets = Family::<FrontendLabels, Counter>::default();
         let bytes = Family::<FrontendLabels, Counter>::default();
         let flows = Family::<FrontendLabels, Counter>::default();
-        let frontends = match pinned.entries() {
-            Ok(entries) => self.frontend_labels(&entries),
-            Err(_) => BTreeMap::new(),
-        };
+        // Frontend id -> labels, through the ids the kernel's frontend map holds.
+        let mut frontends = BTreeMap::new();
+        if let Ok(entries) = pinned.entries() {
+            let labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, f) in &entries.frontends {
+                if let Some(l) = labels.get(k) {
+                    frontends.insert(f.id, l.clone());
+                }
+            }
+        }
         for (id, labels) in &frontends {
             if let Ok(s) = pinned.frontend_stats(*id) {
                 packets.get_or_create(labels).inc_by(s.packets);

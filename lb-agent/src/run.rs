@@ -88,44 +88,75 @@ struct Agent {
     cache: PlanCache,
 }
 
-/// The plan kept per Service: frontends and health check by "namespace/name", and which
-/// Service each EndpointSlice belonged to at the last sync (to replan its old owner too).
+/// The plan kept between syncs, so a change replans only the Services it touches: the whole
+/// plan (its frontends sorted by Service first, as the plan's canonical order has them), the
+/// health checks by Service, and which Service each EndpointSlice belonged to at the last sync
+/// (to replan its old owner too).
 #[derive(Default)]
 struct PlanCache {
-    frontends: BTreeMap<String, Vec<Frontend>>,
+    plan: Plan,
     checks: BTreeMap<String, HealthCheck>,
     slice_owner: BTreeMap<String, String>,
+    /// The reverse of `slice_owner`: Service -> its slices.
+    owner_slices: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl PlanCache {
-    /// Replaces the entries of `services` with what `plan` and `checks` say about them.
+    /// Records that `slice` now belongs to `owner` (None: to no Service); returns the Service
+    /// it belonged to before.
+    fn set_owner(&mut self, slice: &str, owner: Option<&str>) -> Option<String> {
+        let old = match owner {
+            Some(o) => self.slice_owner.insert(slice.to_owned(), o.to_owned()),
+            None => self.slice_owner.remove(slice),
+        };
+        if let Some(old) = &old {
+            if let Some(set) = self.owner_slices.get_mut(old) {
+                set.remove(slice);
+                if set.is_empty() {
+                    self.owner_slices.remove(old);
+                }
+            }
+        }
+        if let Some(o) = owner {
+            self.owner_slices
+                .entry(o.to_owned())
+                .or_default()
+                .insert(slice.to_owned());
+        }
+        old
+    }
+
+    /// Where the frontends of `service` are (an empty range where they would go).
+    fn range(&self, service: &str) -> std::ops::Range<usize> {
+        let f = &self.plan.frontends;
+        let start = f.partition_point(|fe| fe.service.as_str() < service);
+        let len = f[start..].partition_point(|fe| fe.service == service);
+        start..start + len
+    }
+
+    /// Replaces the frontends and health checks of `services` with `frontends` and `checks`
+    /// (a plan of those Services alone, in canonical order). Returns the frontends replaced.
     fn replace(
         &mut self,
         services: &BTreeSet<String>,
         frontends: Vec<Frontend>,
         checks: Vec<HealthCheck>,
-    ) {
-        for s in services {
-            self.frontends.remove(s);
-            self.checks.remove(s);
-        }
+    ) -> Vec<Frontend> {
+        let mut by_service: BTreeMap<String, Vec<Frontend>> = BTreeMap::new();
         for fe in frontends {
-            self.frontends
-                .entry(fe.service.clone())
-                .or_default()
-                .push(fe);
+            by_service.entry(fe.service.clone()).or_default().push(fe);
+        }
+        let mut removed = Vec::new();
+        for s in services {
+            let range = self.range(s);
+            let new = by_service.remove(s).unwrap_or_default();
+            removed.extend(self.plan.frontends.splice(range, new));
+            self.checks.remove(s);
         }
         for c in checks {
             self.checks.insert(c.service.clone(), c);
         }
-    }
-
-    /// The whole plan, in the plan's canonical order (by Service first, then within it as
-    /// each Service's plan already is).
-    fn plan(&self) -> Plan {
-        Plan {
-            frontends: self.frontends.values().flatten().cloned().collect(),
-        }
+        removed
     }
 }
 
@@ -183,19 +214,18 @@ impl Agent {
         if matches!(self.source, Source::Api(_)) {
             for slice in &snapshot.endpoint_slices {
                 if let Some(owner) = kube_source::slice_service(&slice.metadata) {
-                    self.cache.slice_owner.insert(
-                        format!(
-                            "{}/{}",
-                            slice.metadata.namespace.as_deref().unwrap_or_default(),
-                            slice.metadata.name.as_deref().unwrap_or_default()
-                        ),
-                        owner,
+                    let key = format!(
+                        "{}/{}",
+                        slice.metadata.namespace.as_deref().unwrap_or_default(),
+                        slice.metadata.name.as_deref().unwrap_or_default()
                     );
+                    self.cache.set_owner(&key, Some(&owner));
                 }
             }
         }
-        self.cache
-            .replace(&BTreeSet::new(), output.plan.frontends, checks);
+        self.cache.plan = output.plan;
+        self.cache.checks = checks.into_iter().map(|c| (c.service.clone(), c)).collect();
+        self.telemetry.set_frontends(&self.cache.plan.frontends);
         self.telemetry
             .set_node_eligible(node_eligible(&snapshot, &self.cfg.node));
         self.apply(reason, started, trigger_times).await;
@@ -212,18 +242,20 @@ impl Agent {
         let started = Instant::now();
         let mut services = dirty.services;
         for (slice, owner) in dirty.slices {
-            let old = match &owner {
-                Some(o) => self.cache.slice_owner.insert(slice, o.clone()),
-                None => self.cache.slice_owner.remove(&slice),
-            };
-            services.extend(old);
+            services.extend(self.cache.set_owner(&slice, owner.as_deref()));
             services.extend(owner);
         }
-        let snapshot = api.snapshot_of(&services);
+        let slices = services
+            .iter()
+            .filter_map(|s| self.cache.owner_slices.get(s))
+            .flatten();
+        let snapshot = api.snapshot_of(&services, slices);
         let output = plan::plan(&snapshot, &self.cfg.node);
         self.warn(&output.diagnostics);
         let checks = plan::health_checks(&snapshot, &self.cfg.node);
-        self.cache.replace(&services, output.plan.frontends, checks);
+        let added = output.plan.frontends.clone();
+        let removed = self.cache.replace(&services, output.plan.frontends, checks);
+        self.telemetry.update_frontends(&removed, &added);
         self.apply("API changes", started, trigger_times).await;
     }
 
@@ -239,9 +271,8 @@ impl Agent {
 
     /// Turns the cached plan into map entries and writes the difference.
     async fn apply(&mut self, reason: &str, started: Instant, trigger_times: &[SystemTime]) {
-        let plan = Arc::new(self.cache.plan());
         let planned = started.elapsed();
-        let (desired, skipped) = maps::desired(&plan, &mut self.ids);
+        let (desired, skipped) = maps::desired(&self.cache.plan, &mut self.ids);
         // `skipped` is always complete: log what is new since the last sync.
         let mut now = BTreeSet::new();
         for s in &skipped {
@@ -259,7 +290,6 @@ impl Agent {
                 self.current = desired;
                 self.telemetry.synced(
                     started,
-                    plan,
                     [
                         self.current.frontends.len(),
                         self.current.slots.len(),
