@@ -230,7 +230,10 @@ fn real_main() -> Result<u8> {
                     serde_json::to_string_pretty(&lb_agent::inspect::inspect_json(&bpffs)?)?
                 );
             } else {
-                print!("{}", lb_agent::inspect::inspect_text(&bpffs, conntrack_limit)?);
+                print!(
+                    "{}",
+                    lb_agent::inspect::inspect_text(&bpffs, conntrack_limit)?
+                );
             }
             Ok(0)
         }
