@@ -122,6 +122,9 @@ impl Default for MapSizes {
 pub enum HookKind {
     /// XDP for node devices (packets from the wire).
     Xdp,
+    /// XDP for node devices that are veths (nodes in containers): recognises
+    /// CHECKSUM_PARTIAL seeds and hands such packets to the stack after the rewrite.
+    XdpVeth,
     /// XDP for pod interfaces (recognises CHECKSUM_PARTIAL seeds).
     XdpPod,
     /// tcx ingress.
@@ -133,6 +136,7 @@ impl HookKind {
     pub fn name(self) -> &'static str {
         match self {
             HookKind::Xdp => "xdp",
+            HookKind::XdpVeth => "xdpveth",
             HookKind::XdpPod => "xdppod",
             HookKind::Tc => "tc",
         }
@@ -141,6 +145,7 @@ impl HookKind {
     fn program(self) -> &'static str {
         match self {
             HookKind::Xdp => "lb_xdp",
+            HookKind::XdpVeth => "lb_xdp_veth",
             HookKind::XdpPod => "lb_xdp_pod",
             HookKind::Tc => "lb_tc",
         }
@@ -224,7 +229,7 @@ impl Dataplane {
                 pin_dir: maps_dir.clone(),
                 source: Box::new(source),
             })?;
-        for kind in [HookKind::Xdp, HookKind::XdpPod] {
+        for kind in [HookKind::Xdp, HookKind::XdpVeth, HookKind::XdpPod] {
             let name = kind.program();
             let prog: &mut Xdp = program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name))?;
@@ -327,7 +332,7 @@ impl Dataplane {
         };
         let replaced = old.is_some();
         let new_link: FdLink = match hook {
-            HookKind::Xdp | HookKind::XdpPod => {
+            HookKind::Xdp | HookKind::XdpVeth | HookKind::XdpPod => {
                 let mode = self.xdp_mode;
                 let prog: &mut Xdp = program(&mut self.ebpf, hook.program())?;
                 let id = match old {
@@ -369,6 +374,9 @@ impl Dataplane {
             drop(new_link);
         } else {
             new_link.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+        }
+        if matches!(hook, HookKind::Xdp | HookKind::XdpVeth | HookKind::XdpPod) {
+            accept_local(ifname);
         }
         info!(
             hook = hook.name(),
@@ -421,7 +429,7 @@ impl Dataplane {
         };
         let name = hook.program();
         match hook {
-            HookKind::Xdp | HookKind::XdpPod => {
+            HookKind::Xdp | HookKind::XdpVeth | HookKind::XdpPod => {
                 let prog: &mut Xdp = program(&mut self.ebpf, name)?;
                 prog.test_run(opts).map_err(prog_err(name))
             }
@@ -431,6 +439,61 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// Lets `ifname` accept packets whose source is one of this node's addresses.
+///
+/// Flows to backends behind other nodes are SNATed to this node's address in XDP, and replies
+/// to NodePorts come from it. When XDP cannot send such a packet itself (no neighbour entry
+/// yet; on pod interfaces, always) it hands it to the stack, which would drop a packet from its
+/// own address as a martian without `accept_local`. (tc sends such replies itself.)
+fn accept_local(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
+    if let Err(e) = std::fs::write(&path, "1") {
+        warn!(path, error = %e, "could not set accept_local; SNATed packets may be dropped until the next hop is resolved");
+    }
+}
+
+/// Whether `ifname` is a veth (its ethtool driver name), as node devices are when the node is
+/// a container or a network namespace.
+pub fn is_veth(ifname: &str) -> bool {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: ifreq is plain data; all zeroes is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname.as_bytes();
+    if name.len() >= ifr.ifr_name.len() {
+        return false;
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket for the ioctl, closed below; `ifr` points at `info`, which
+    // outlives the call and is as large as the kernel's struct ethtool_drvinfo.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let r = libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr);
+        libc::close(fd);
+        if r != 0 {
+            return false;
+        }
+    }
+    info.driver.starts_with(b"veth\0")
 }
 
 /// Every pinned link under `root`: (hook name, ifname, ifindex, path).
@@ -569,7 +632,16 @@ impl Pinned {
 
     /// Verdict counters summed over CPUs, by reason index.
     pub fn verdicts(&self) -> Result<Vec<lb_common::maps::Counter>> {
-        let name = lb_common::maps::MAP_VERDICTS;
+        self.counters(lb_common::maps::MAP_VERDICTS)
+    }
+
+    /// Path counters (how node-device packets left XDP) summed over CPUs, by path index.
+    pub fn paths(&self) -> Result<Vec<lb_common::maps::Counter>> {
+        self.counters(lb_common::maps::MAP_PATHS)
+    }
+
+    /// A per-CPU array of counters, summed over CPUs.
+    fn counters(&self, name: &'static str) -> Result<Vec<lb_common::maps::Counter>> {
         let m = self.map(name).ok_or_else(|| missing(name))?;
         let a: PerCpuArray<_, lb_common::maps::Counter> =
             PerCpuArray::try_from(m).map_err(map_err(name))?;

@@ -10,9 +10,10 @@ use std::{
 use anyhow::{Context, Result};
 use lb_common::{
     maps::{
-        CtEntry, CtKey, CT_DIR_ORIGINAL, CT_F_CLOSING, FE_F_REJECT_EMPTY, PROTO_TCP, PROTO_UDP,
+        CtEntry, CtKey, CT_DIR_ORIGINAL, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY, PROTO_TCP,
+        PROTO_UDP,
     },
-    verdict::Reason,
+    verdict::{Path as FwdPath, Reason},
 };
 use serde_json::json;
 
@@ -82,6 +83,12 @@ pub fn inspect_json(root: &Path) -> Result<serde_json::Value> {
         .zip(Reason::ALL)
         .map(|(c, r)| (r.name(), json!({"packets": c.packets, "bytes": c.bytes})))
         .collect();
+    let paths: BTreeMap<&str, serde_json::Value> = pinned
+        .paths()?
+        .iter()
+        .zip(FwdPath::ALL)
+        .map(|(c, p)| (p.name(), json!({"packets": c.packets, "bytes": c.bytes})))
+        .collect();
     let now = now_ns();
     let conntrack: Vec<_> = pinned
         .conntrack()?
@@ -93,7 +100,7 @@ pub fn inspect_json(root: &Path) -> Result<serde_json::Value> {
         .map(|(hook, ifname, idx, _)| json!({"hook": hook, "ifname": ifname, "ifindex": idx}))
         .collect();
     Ok(
-        json!({"frontends": frontends, "verdicts": verdicts, "conntrack": conntrack, "links": links}),
+        json!({"frontends": frontends, "verdicts": verdicts, "paths": paths, "conntrack": conntrack, "links": links}),
     )
 }
 
@@ -104,6 +111,7 @@ fn ct_json(k: &CtKey, e: &CtEntry, now: u64) -> serde_json::Value {
         "src": addr(k.saddr_be, k.sport_be).to_string(),
         "dst": addr(k.daddr_be, k.dport_be).to_string(),
         "nat": addr(e.nat_addr_be, e.nat_port_be).to_string(),
+        "snat": (e.flags & CT_F_SNAT != 0).then(|| addr(e.rev_addr_be, e.rev_port_be).to_string()),
         "backend_id": e.backend_id,
         "frontend_id": e.frontend_id,
         "closing": e.flags & CT_F_CLOSING != 0,
@@ -155,6 +163,19 @@ pub fn inspect_text(root: &Path, conntrack_limit: Option<usize>) -> Result<Strin
             )?;
         }
     }
+    writeln!(out, "Paths out of XDP on node devices:")?;
+    if let Some(m) = v["paths"].as_object() {
+        for p in FwdPath::ALL {
+            let c = &m[p.name()];
+            writeln!(
+                out,
+                "  {:<20} packets {:>10}  bytes {:>12}",
+                p.name(),
+                c["packets"],
+                c["bytes"]
+            )?;
+        }
+    }
     let ct = list("conntrack");
     writeln!(out, "Conntrack ({} entries):", ct.len())?;
     let shown = conntrack_limit.unwrap_or(ct.len());
@@ -164,12 +185,16 @@ pub fn inspect_text(root: &Path, conntrack_limit: Option<usize>) -> Result<Strin
     for e in ct.into_iter().take(shown) {
         writeln!(
             out,
-            "  {} {:<8} {} -> {}  nat {}  backend {} frontend {}  age {}s idle {}s{}",
+            "  {} {:<8} {} -> {}  nat {}{}  backend {} frontend {}  age {}s idle {}s{}",
             e["protocol"].as_str().unwrap_or(""),
             e["direction"].as_str().unwrap_or(""),
             e["src"].as_str().unwrap_or(""),
             e["dst"].as_str().unwrap_or(""),
             e["nat"].as_str().unwrap_or(""),
+            e["snat"]
+                .as_str()
+                .map(|s| format!("  snat {s}"))
+                .unwrap_or_default(),
             e["backend_id"],
             e["frontend_id"],
             e["age_seconds"],

@@ -21,9 +21,13 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// The hook `ifname` gets, if any. A named device wins over a pod pattern.
+    /// The hook `ifname` gets, if any. A named device wins over a pod pattern. A device that
+    /// is a veth gets the XDP variant for veths.
     pub fn hook_for(&self, ifname: &str) -> Option<HookKind> {
         if self.devices.iter().any(|d| d == ifname) {
+            if self.device_hook == HookKind::Xdp && crate::dataplane::is_veth(ifname) {
+                return Some(HookKind::XdpVeth);
+            }
             Some(self.device_hook)
         } else if self.pod_patterns.iter().any(|p| p.matches(ifname)) {
             Some(self.pod_hook)

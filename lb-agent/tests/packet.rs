@@ -24,7 +24,12 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xbb];
 
-const HOOKS: [HookKind; 3] = [HookKind::Tc, HookKind::Xdp, HookKind::XdpPod];
+const HOOKS: [HookKind; 4] = [
+    HookKind::Tc,
+    HookKind::Xdp,
+    HookKind::XdpVeth,
+    HookKind::XdpPod,
+];
 
 fn pass(hook: HookKind) -> u32 {
     if hook == HookKind::Tc {
@@ -209,7 +214,7 @@ fn tcp_to_a_frontend_is_dnated_to_a_backend_with_exact_bytes() {
         assert_checksums(&out);
     }
     assert_eq!(f.verdict(Reason::DnatNew), 1);
-    assert_eq!(f.verdict(Reason::DnatEstablished), 2);
+    assert_eq!(f.verdict(Reason::DnatEstablished), 3);
 }
 
 /// Test that a UDP datagram to a frontend is DNATed with exact bytes and checksums.
@@ -227,7 +232,7 @@ fn udp_to_a_frontend_is_dnated_to_a_backend_with_exact_bytes() {
         assert_eq!(out, udp(CLIENT, 50000 + i as u16, ip, port), "{hook:?}");
         assert_checksums(&out);
     }
-    assert_eq!(f.verdict(Reason::DnatNew), 3);
+    assert_eq!(f.verdict(Reason::DnatNew), 4);
 }
 
 /// Test that the backend's reply is reverse-NATed to come from the frontend, exact bytes.
@@ -263,21 +268,15 @@ fn reply_without_a_tracked_flow_passes_untouched() {
         let (verdict, out) = f.run(hook, &pkt);
         assert_eq!((verdict, &out), (pass(hook), &pkt));
     }
-    assert_eq!(f.verdict(Reason::PassNoService), 3);
+    assert_eq!(f.verdict(Reason::PassNoService), 4);
 }
 
-/// Test that a tracked flow keeps its backend when backends are added, and moves only when
-/// its backend is removed.
+/// Test that tracked flows keep their backend when backends are added; that when their backend
+/// is removed, TCP connections stay with it (as with kube-proxy: a terminating pod finishes its
+/// connections) while UDP flows move to a live backend.
 #[test]
-fn conntrack_keeps_a_flow_on_its_backend_until_the_backend_is_removed() {
+fn conntrack_keeps_flows_on_their_backend_and_moves_udp_off_a_removed_one() {
     let two = ["10.244.0.11:8080", "10.244.0.12:8080"];
-    let mut f = Fixture::new(vec![frontend(80, Protocol::Tcp, &two)]);
-    // Many flows, so that some would hash elsewhere once the table changes.
-    let mut chosen = Vec::new();
-    for port in 41000..41040u16 {
-        let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, true));
-        chosen.push(dst_of(&out));
-    }
     let five = [
         "10.244.0.11:8080",
         "10.244.0.12:8080",
@@ -285,22 +284,58 @@ fn conntrack_keeps_a_flow_on_its_backend_until_the_backend_is_removed() {
         "10.244.0.14:8080",
         "10.244.0.15:8080",
     ];
-    f.program(vec![frontend(80, Protocol::Tcp, &five)]);
-    for (i, port) in (41000..41040u16).enumerate() {
-        let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, false));
-        assert_eq!(dst_of(&out), chosen[i], "flow {port} moved");
-    }
-    assert_eq!(f.verdict(Reason::DnatEstablished), 40);
-    // Remove 10.244.0.11: its flows move to live backends, the others stay.
-    f.program(vec![frontend(80, Protocol::Tcp, &five[1..])]);
-    for (i, port) in (41000..41040u16).enumerate() {
-        let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, port, VIP, 80, false));
-        let now = dst_of(&out);
-        if chosen[i].to_string() == "10.244.0.11:8080" {
-            assert_ne!(now, chosen[i]);
-            assert!(five[1..].contains(&now.to_string().as_str()));
+    let mut f = Fixture::new(vec![
+        frontend(80, Protocol::Tcp, &two),
+        frontend(80, Protocol::Udp, &two),
+    ]);
+    let pkt = |udp_: bool, port: u16| {
+        if udp_ {
+            udp(CLIENT, port, VIP, 80)
         } else {
-            assert_eq!(now, chosen[i]);
+            tcp(CLIENT, port, VIP, 80, true)
+        }
+    };
+    // Many flows, so that some would hash elsewhere once the table changes.
+    let mut chosen = Vec::new();
+    for udp_ in [false, true] {
+        for port in 41000..41040u16 {
+            let (_, out) = f.run(HookKind::Tc, &pkt(udp_, port));
+            chosen.push(dst_of(&out));
+        }
+    }
+    f.program(vec![
+        frontend(80, Protocol::Tcp, &five),
+        frontend(80, Protocol::Udp, &five),
+    ]);
+    let mut i = 0;
+    for udp_ in [false, true] {
+        for port in 41000..41040u16 {
+            let (_, out) = f.run(HookKind::Tc, &pkt(udp_, port));
+            assert_eq!(dst_of(&out), chosen[i], "flow {port} moved");
+            i += 1;
+        }
+    }
+    assert_eq!(f.verdict(Reason::DnatEstablished), 80);
+    // Remove 10.244.0.11.
+    f.program(vec![
+        frontend(80, Protocol::Tcp, &five[1..]),
+        frontend(80, Protocol::Udp, &five[1..]),
+    ]);
+    let mut i = 0;
+    for udp_ in [false, true] {
+        for port in 41000..41040u16 {
+            let (_, out) = f.run(HookKind::Tc, &pkt(udp_, port));
+            let now = dst_of(&out);
+            let was = chosen[i];
+            i += 1;
+            if udp_ && was.ip() == std::net::Ipv4Addr::new(10, 244, 0, 11) {
+                assert_ne!(now.ip(), was.ip(), "UDP flow {port} kept a removed backend");
+                assert!(five[1..]
+                    .iter()
+                    .any(|b| b.parse::<SocketAddr>().unwrap().ip() == now.ip()));
+            } else {
+                assert_eq!(now.ip(), was.ip(), "flow {port} (udp {udp_}) moved");
+            }
         }
     }
 }
@@ -319,7 +354,7 @@ fn unknown_frontend_passes_untouched() {
             assert_eq!((verdict, &out), (pass(hook), &pkt));
         }
     }
-    assert_eq!(f.verdict(Reason::PassNoService), 9);
+    assert_eq!(f.verdict(Reason::PassNoService), 12);
 }
 
 /// Test that ARP, IPv6 and ICMP pass untouched, counted as not ours.
@@ -350,8 +385,8 @@ fn arp_ipv6_and_icmp_pass_untouched() {
             assert_eq!((verdict, &out), (pass(hook), pkt));
         }
     }
-    assert_eq!(f.verdict(Reason::PassNotIpv4), 6);
-    assert_eq!(f.verdict(Reason::PassNotL4), 3);
+    assert_eq!(f.verdict(Reason::PassNotIpv4), 8);
+    assert_eq!(f.verdict(Reason::PassNotL4), 4);
 }
 
 /// Test that every truncation of a TCP and a UDP packet to a frontend passes untouched as
@@ -415,7 +450,7 @@ fn bad_ipv4_headers_pass_untouched() {
             assert_eq!((verdict, &out), (pass(hook), pkt));
         }
     }
-    assert_eq!(f.verdict(Reason::PassMalformed), 12);
+    assert_eq!(f.verdict(Reason::PassMalformed), 16);
 }
 
 /// Test that a packet with IP options is DNATed, the options kept, checksums right.
@@ -458,7 +493,7 @@ fn fragments_pass_untouched() {
             assert_eq!((verdict, &out), (pass(hook), pkt));
         }
     }
-    assert_eq!(f.verdict(Reason::PassFragment), 6);
+    assert_eq!(f.verdict(Reason::PassFragment), 8);
 }
 
 /// Test that a frontend without backends whose plan says drop drops new flows, counted.
@@ -471,7 +506,7 @@ fn frontend_without_backends_drops_when_the_plan_says_drop() {
         let (verdict, _) = f.run(hook, &tcp(CLIENT, 1, VIP, 80, true));
         assert_eq!(verdict, drop_(hook));
     }
-    assert_eq!(f.verdict(Reason::DropNoBackend), 3);
+    assert_eq!(f.verdict(Reason::DropNoBackend), 4);
 }
 
 /// Test that a frontend without backends whose plan says reject answers a TCP SYN and a UDP
@@ -492,7 +527,7 @@ fn frontend_without_backends_rejects_with_icmp_port_unreachable() {
     ] {
         let (verdict, _) = f.run(HookKind::XdpPod, &pkt);
         assert_eq!(verdict, XDP_DROP);
-        for hook in [HookKind::Tc, HookKind::Xdp] {
+        for hook in [HookKind::Tc, HookKind::Xdp, HookKind::XdpVeth] {
             let (verdict, out) = f.run(hook, &pkt);
             let want = if hook == HookKind::Tc {
                 TC_REDIRECT
@@ -527,12 +562,13 @@ fn frontend_without_backends_rejects_with_icmp_port_unreachable() {
             assert_eq!(icmp.payload(), &pkt[14..14 + 20 + l4_quote], "quote");
         }
     }
-    assert_eq!(f.verdict(Reason::RejectNoBackend), 4);
+    assert_eq!(f.verdict(Reason::RejectNoBackend), 6);
     assert_eq!(f.verdict(Reason::RejectDropped), 2);
 }
 
-/// Test that XDP on pod interfaces updates a CHECKSUM_PARTIAL pseudo-header seed as a seed
-/// (addresses only), while XDP on node devices treats every checksum as full.
+/// Test that XDP on pod interfaces and on veth node devices updates a CHECKSUM_PARTIAL
+/// pseudo-header seed as a seed (addresses only), while XDP on NICs treats every checksum as
+/// full.
 #[test]
 fn xdp_pod_hook_updates_a_checksum_partial_seed_as_a_seed() {
     let mut f = Fixture::new(vec![frontend(80, Protocol::Tcp, &["10.244.0.11:8080"])]);
@@ -541,10 +577,16 @@ fn xdp_pod_hook_updates_a_checksum_partial_seed_as_a_seed() {
     let raw = |a: [u8; 4]| u32::from_ne_bytes(a);
     let seed = csum::pseudo_header_seed(raw(CLIENT), raw(VIP), 6, l4_len);
     pkt[50..52].copy_from_slice(&seed.to_ne_bytes());
-    let (_, out) = f.run(HookKind::XdpPod, &pkt);
     let want = csum::pseudo_header_seed(raw(CLIENT), raw([10, 244, 0, 11]), 6, l4_len);
-    assert_eq!(&out[50..52], &want.to_ne_bytes());
-    assert_eq!(dst_of(&out).to_string(), "10.244.0.11:8080");
+    for hook in [HookKind::XdpPod, HookKind::XdpVeth] {
+        let (verdict, out) = f.run(hook, &pkt);
+        assert_eq!(verdict, XDP_PASS, "a seed is never sent with XDP_TX");
+        assert_eq!(&out[50..52], &want.to_ne_bytes(), "{hook:?}");
+        assert_eq!(dst_of(&out).to_string(), "10.244.0.11:8080");
+    }
+    // On a NIC the same value is a full checksum and is updated as one.
+    let (_, out) = f.run(HookKind::Xdp, &pkt);
+    assert_ne!(&out[50..52], &want.to_ne_bytes());
 }
 
 /// Test that a UDP datagram without a checksum (0) keeps none after DNAT on every hook.

@@ -18,9 +18,12 @@ pub const MAP_VERDICTS: &str = "LB_VERDICTS";
 pub const MAP_FE_STATS: &str = "LB_FE_STATS";
 /// `LB_AFFINITY`: LRU hash, [`AffinityKey`] -> [`Affinity`]. sessionAffinity ClientIP.
 pub const MAP_AFFINITY: &str = "LB_AFFINITY";
+/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How node-device
+/// packets left XDP.
+pub const MAP_PATHS: &str = "LB_PATHS";
 
 /// Every map, in the order the agent pins and removes them.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 8] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -28,6 +31,7 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_VERDICTS,
     MAP_FE_STATS,
     MAP_AFFINITY,
+    MAP_PATHS,
 ];
 
 /// Default capacity of `LB_FRONTENDS`; also bounds frontend ids (`LB_FE_STATS` has one more entry).
@@ -161,8 +165,13 @@ pub const CT_LIFETIME_CLOSING_NS: u64 = 10 * 1_000_000_000;
 /// `last_seen_ns` is refreshed only when older than this, to keep the hot path free of writes.
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
-/// Conntrack value. Original direction: where the flow was sent. Reply direction: what the
-/// reply's source must be rewritten to.
+/// Conntrack value.
+///
+/// Original direction (client -> frontend): `nat_*` is the backend the destination becomes;
+/// with [`CT_F_SNAT`], `rev_*` is the address and port the source becomes (this node's address
+/// when the backend is behind another node, the hairpin address when the client is the backend).
+/// Reply direction (keyed by the reply as it arrives): `nat_*` is the frontend the source
+/// becomes; with [`CT_F_SNAT`], `rev_*` is the client the destination becomes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -181,7 +190,30 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// Frontend id of the flow.
     pub frontend_id: u32,
+    /// With [`CT_F_SNAT`]: original: the new source address; reply: the client's address.
+    pub rev_addr_be: u32,
+    /// With [`CT_F_SNAT`]: original: the new source port; reply: the client's port.
+    pub rev_port_be: u16,
+    /// Zero.
+    pub _pad: u16,
 }
+
+/// [`CtEntry::flags`]: the flow's source is rewritten too (see [`CtEntry`]).
+pub const CT_F_SNAT: u16 = 2;
+
+/// Source ports this node's address takes for flows it SNATs (to backends behind other
+/// nodes): above Linux's default ephemeral range (32768-60999), so they never meet the node's
+/// own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// Last SNAT port (inclusive).
+pub const SNAT_PORT_MAX: u16 = 65_535;
+/// Ports tried for one new SNAT flow before it is dropped.
+pub const SNAT_TRIES: u32 = 8;
+
+/// The source a pod's connection to its own Service takes when it is balanced to itself
+/// (hairpin): a link-local address the pod routes to its node, so the reply comes back
+/// through the program (Cilium uses the same address).
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 
 /// sessionAffinity ClientIP key: a client of a frontend.
 #[repr(C)]
@@ -243,7 +275,7 @@ assert_size!(
     Slot => 4,
     Backend => 12,
     CtKey => 16,
-    CtEntry => 32,
+    CtEntry => 40,
     AffinityKey => 8,
     Affinity => 16,
     Counter => 16,

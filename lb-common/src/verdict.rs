@@ -34,10 +34,12 @@ pub enum Reason {
     /// Frontend has no backends and its policy is reject, but this hook cannot send the reply
     /// (XDP on a pod veth cannot transmit into the pod): dropped.
     RejectDropped = 13,
+    /// New flow to a backend behind another node, and no SNAT port was free: dropped.
+    DropSnatExhausted = 14,
 }
 
 /// Number of reasons; the size of the verdict array.
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 15;
 
 impl Reason {
     /// Every reason, in index order.
@@ -56,6 +58,7 @@ impl Reason {
         Reason::DropNoSlot,
         Reason::AbortRewrite,
         Reason::RejectDropped,
+        Reason::DropSnatExhausted,
     ];
 
     /// Stable snake_case name, used in `inspect` output and metric labels.
@@ -75,6 +78,49 @@ impl Reason {
             Reason::DropNoSlot => "drop_no_slot",
             Reason::AbortRewrite => "abort_rewrite",
             Reason::RejectDropped => "reject_dropped",
+            Reason::DropSnatExhausted => "drop_snat_exhausted",
+        }
+    }
+}
+
+/// How a packet the XDP program on a node device rewrote leaves it; the index into `LB_PATHS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Sent back out of the device it came in on, MACs from the FIB (XDP_TX).
+    Tx = 0,
+    /// The next hop is another interface of this node (a pod): the stack delivers it.
+    PassLocal = 1,
+    /// The FIB has no neighbour entry yet: the stack resolves it.
+    PassNoNeigh = 2,
+    /// The FIB said the stack must decide (no route, not forwarded, MTU, ...).
+    PassFib = 3,
+    /// The packet carries a CHECKSUM_PARTIAL seed (a veth NIC): the stack forwards it, as
+    /// XDP_TX would lose the mark and the receiver would drop it.
+    PassPartial = 4,
+}
+
+/// Number of paths; the size of the path array.
+pub const PATH_COUNT: u32 = 5;
+
+impl Path {
+    /// Every path, in index order.
+    pub const ALL: [Path; PATH_COUNT as usize] = [
+        Path::Tx,
+        Path::PassLocal,
+        Path::PassNoNeigh,
+        Path::PassFib,
+        Path::PassPartial,
+    ];
+
+    /// Stable snake_case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Path::Tx => "xdp_tx",
+            Path::PassLocal => "pass_local",
+            Path::PassNoNeigh => "pass_no_neigh",
+            Path::PassFib => "pass_fib",
+            Path::PassPartial => "pass_partial",
         }
     }
 }

@@ -1,14 +1,17 @@
 //! Connection tracking: one entry per direction of a load-balanced flow in `LB_CT`.
 //!
-//! The original entry (client -> frontend) remembers the backend; the reply entry
-//! (backend -> client) remembers the frontend to rewrite the reply's source to. Entries expire
-//! by idle time (TCP 6 h, UDP 60 s, 10 s after FIN/RST); the LRU map evicts the oldest first
-//! when full. `last_seen_ns` is written at most once a second per entry.
+//! The original entry (client -> frontend) remembers the backend, and the source the flow
+//! takes when it is SNATed; the reply entry (keyed by the reply as it arrives here) remembers
+//! the frontend to rewrite the reply's source to and, for SNATed flows, the client to rewrite
+//! its destination to. Entries expire by idle time (TCP 6 h, UDP 60 s, 10 s after FIN/RST);
+//! the LRU map evicts the oldest first when full. `last_seen_ns` is written at most once a
+//! second per entry.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::maps::{
-    Backend, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_LIFETIME_CLOSING_NS,
-    CT_LIFETIME_TCP_NS, CT_LIFETIME_UDP_NS, CT_REFRESH_NS, PROTO_TCP,
+    Backend, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
+    CT_LIFETIME_CLOSING_NS, CT_LIFETIME_TCP_NS, CT_LIFETIME_UDP_NS, CT_REFRESH_NS, PROTO_TCP,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TRIES,
 };
 
 use crate::{
@@ -62,54 +65,137 @@ pub fn touch(e: *mut CtEntry, tcp_flags: u8, now: u64) -> bool {
     false
 }
 
-/// Creates both entries of a new flow from packet `h` (to a frontend) sent to `backend`.
-/// Returns false if the kernel refused either insert.
-#[inline(always)]
-pub fn create(h: &Headers, frontend_id: u32, backend_id: u32, backend: &Backend, now: u64) -> bool {
-    let original = CtEntry {
-        created_ns: now,
-        last_seen_ns: now,
-        nat_addr_be: backend.addr_be,
-        nat_port_be: backend.port_be,
-        flags: 0,
-        backend_id,
-        frontend_id,
-    };
-    if LB_CT
-        .insert(key_of(h, CT_DIR_ORIGINAL), original, BPF_ANY as u64)
-        .is_err()
-    {
-        return false;
-    }
-    refresh_reply(h, frontend_id, backend_id, backend, now)
+/// A new flow: packet `h` to frontend `frontend_id`, sent to `backend`.
+pub struct NewFlow<'a> {
+    pub h: &'a Headers,
+    pub frontend_id: u32,
+    pub backend_id: u32,
+    pub backend: &'a Backend,
+    pub now: u64,
 }
 
-/// (Re)writes the reply entry of a flow: the LRU may have evicted it while the original lives.
+impl NewFlow<'_> {
+    /// The reply entry's key when the flow's source becomes `src`.
+    #[inline(always)]
+    fn reply_key(&self, src_addr: u32, src_port: u16) -> CtKey {
+        CtKey {
+            saddr_be: self.backend.addr_be,
+            daddr_be: src_addr,
+            sport_be: self.backend.port_be,
+            dport_be: src_port,
+            proto: self.h.proto,
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn entry(&self, nat: (u32, u16), rev: (u32, u16), flags: u16) -> CtEntry {
+        CtEntry {
+            created_ns: self.now,
+            last_seen_ns: self.now,
+            nat_addr_be: nat.0,
+            nat_port_be: nat.1,
+            flags,
+            backend_id: self.backend_id,
+            frontend_id: self.frontend_id,
+            rev_addr_be: rev.0,
+            rev_port_be: rev.1,
+            _pad: 0,
+        }
+    }
+
+    /// The reply entry: rewrite the source back to the frontend; with SNAT, the destination
+    /// back to the client.
+    #[inline(always)]
+    fn reply_entry(&self, snat: bool) -> CtEntry {
+        let h = self.h;
+        let flags = if snat { CT_F_SNAT } else { 0 };
+        self.entry((h.daddr, h.dport), (h.saddr, h.sport), flags)
+    }
+
+    /// Creates both entries of a flow whose source stays (`!snat`, `src` is the packet's own)
+    /// or becomes `src`. Returns false if the kernel refused an insert.
+    #[inline(always)]
+    pub fn create(&self, snat: bool, src_addr: u32, src_port: u16) -> bool {
+        let h = self.h;
+        let src = (src_addr, src_port);
+        let flags = if snat { CT_F_SNAT } else { 0 };
+        let reply = self.reply_entry(snat);
+        if LB_CT
+            .insert(self.reply_key(src.0, src.1), reply, BPF_ANY as u64)
+            .is_err()
+        {
+            return false;
+        }
+        let original = self.entry((self.backend.addr_be, self.backend.port_be), src, flags);
+        LB_CT
+            .insert(key_of(h, CT_DIR_ORIGINAL), original, BPF_ANY as u64)
+            .is_ok()
+    }
+
+    /// Picks a free source port on `addr` for this flow (one no other flow to the same
+    /// backend uses), claims it with the reply entry, and creates the original entry.
+    /// Returns the port, or None when every port tried was taken.
+    #[inline(always)]
+    pub fn create_snat(&self, addr: u32, hash: u32) -> Option<u16> {
+        let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+        let reply = self.reply_entry(true);
+        let mut i = 0;
+        while i < SNAT_TRIES {
+            // Spread the tries over the range: a step coprime to it visits distinct ports.
+            let port = SNAT_PORT_MIN + ((hash.wrapping_add(i * 2_654_435_761)) % range) as u16;
+            let port_be = port.to_be();
+            if LB_CT
+                .insert(self.reply_key(addr, port_be), reply, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                let original = self.entry(
+                    (self.backend.addr_be, self.backend.port_be),
+                    (addr, port_be),
+                    CT_F_SNAT,
+                );
+                // Without the original entry the next packet takes another port: the flow
+                // still works if its backend is chosen again, so this is not fatal.
+                let _ = LB_CT.insert(key_of(self.h, CT_DIR_ORIGINAL), original, BPF_ANY as u64);
+                return Some(port_be);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// (Re)writes the reply entry of an established flow from its original entry `e`: the LRU may
+/// have evicted it while the original lives.
 #[inline(always)]
-pub fn refresh_reply(
-    h: &Headers,
-    frontend_id: u32,
-    backend_id: u32,
-    backend: &Backend,
-    now: u64,
-) -> bool {
+pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) -> bool {
+    let snat = e.flags & CT_F_SNAT != 0;
+    let (src_addr, src_port) = if snat {
+        (e.rev_addr_be, e.rev_port_be)
+    } else {
+        (h.saddr, h.sport)
+    };
     let key = CtKey {
-        saddr_be: backend.addr_be,
-        daddr_be: h.saddr,
-        sport_be: backend.port_be,
-        dport_be: h.sport,
+        saddr_be: e.nat_addr_be,
+        daddr_be: src_addr,
+        sport_be: e.nat_port_be,
+        dport_be: src_port,
         proto: h.proto,
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
     let reply = CtEntry {
-        created_ns: now,
+        created_ns: e.created_ns,
         last_seen_ns: now,
         nat_addr_be: h.daddr,
         nat_port_be: h.dport,
-        flags: 0,
-        backend_id,
-        frontend_id,
+        flags: if snat { CT_F_SNAT } else { 0 },
+        backend_id: e.backend_id,
+        frontend_id: e.frontend_id,
+        rev_addr_be: h.saddr,
+        rev_port_be: h.sport,
+        _pad: 0,
     };
     LB_CT.insert(key, reply, BPF_ANY as u64).is_ok()
 }

@@ -7,19 +7,27 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
-        TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{
+        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
-use lb_common::{csum, maps::PROTO_UDP, verdict::Reason};
+use lb_common::{
+    csum,
+    maps::PROTO_UDP,
+    verdict::{Path, Reason},
+};
 
 use crate::{
     lb::{decide, Action, Nat},
     parse::{parse, ptr_at, Headers, Parsed, ETH_LEN},
     reject,
-    stats::count_verdict,
+    stats::{count_path, count_verdict},
 };
 
 /// A program type the load balancer runs on.
@@ -34,8 +42,19 @@ pub trait Hook {
     fn len(&self) -> u64;
     /// Makes the headers directly readable, where the hook needs that.
     fn prepare(&self) {}
-    /// Rewrites one side's address and port of a parsed packet, with checksums.
-    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<()>;
+    /// Rewrites the destination and/or source address and port of a parsed packet, with
+    /// checksums.
+    /// Returns whether the L4 checksum was a CHECKSUM_PARTIAL seed.
+    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<bool>;
+    /// The address a new flow from `h` to `backend_addr` must take as its source, when the
+    /// backend is reached back out of the device the packet came in on (another node).
+    fn snat_source(&self, _h: &Headers, _backend_addr: u32) -> Option<u32> {
+        None
+    }
+    /// The verdict for a rewritten packet: where it goes next.
+    fn forward(&self, _h: &Headers, _nat: &Nat, _partial: bool) -> Self::Verdict {
+        Self::PASS
+    }
     /// Whether [`Hook::reject`] can send a reply from this hook.
     const CAN_REJECT: bool = true;
     /// Turns the packet into an ICMP port unreachable to its sender and returns the verdict
@@ -53,7 +72,7 @@ pub fn run<H: Hook>(hook: &H) -> H::Verdict {
         Parsed::NotL4 => (Reason::PassNotL4, H::PASS),
         Parsed::Fragment => (Reason::PassFragment, H::PASS),
         Parsed::Malformed => (Reason::PassMalformed, H::PASS),
-        Parsed::L4(h) => match decide(&h, len) {
+        Parsed::L4(h) => match decide(hook, &h, len) {
             (reason, Action::Pass) => (reason, H::PASS),
             (reason, Action::Drop) => (reason, H::DROP),
             (_, Action::Reject) if !H::CAN_REJECT => (Reason::RejectDropped, H::DROP),
@@ -62,7 +81,7 @@ pub fn run<H: Hook>(hook: &H) -> H::Verdict {
                 None => (Reason::AbortRewrite, H::DROP),
             },
             (reason, Action::Rewrite(nat)) => match hook.rewrite(&h, &nat) {
-                Some(()) => (reason, H::PASS),
+                Some(partial) => (reason, hook.forward(&h, &nat, partial)),
                 None => (Reason::AbortRewrite, H::DROP),
             },
         },
@@ -71,27 +90,71 @@ pub fn run<H: Hook>(hook: &H) -> H::Verdict {
     verdict
 }
 
+/// The destination rewrite of `nat` (meaningful when `nat.dst`).
 #[inline(always)]
-fn field_offsets(h: &Headers, nat: &Nat) -> (usize, usize) {
-    if nat.dst {
-        (h.l3_off + 16, h.l4_off + 2)
-    } else {
-        (h.l3_off + 12, h.l4_off)
+fn dst_change(h: &Headers, nat: &Nat) -> Change {
+    Change {
+        addr_off: h.l3_off + 16,
+        port_off: h.l4_off + 2,
+        old_addr: h.daddr,
+        new_addr: nat.dst_addr,
+        old_port: h.dport,
+        new_port: nat.dst_port,
     }
 }
 
-/// XDP. `POD`: on the host side of pod interfaces, where packets from local sockets carry
-/// CHECKSUM_PARTIAL seeds (recognised and updated as seeds) and XDP_TX cannot reach the pod.
-/// Off on node devices, where every packet carries a full checksum.
-pub struct Xdp<'a, const POD: bool>(pub &'a XdpContext);
+/// The source rewrite of `nat` (meaningful when `nat.src`).
+#[inline(always)]
+fn src_change(h: &Headers, nat: &Nat) -> Change {
+    Change {
+        addr_off: h.l3_off + 12,
+        port_off: h.l4_off,
+        old_addr: h.saddr,
+        new_addr: nat.src_addr,
+        old_port: h.sport,
+        new_port: nat.src_port,
+    }
+}
 
-impl<const POD: bool> Hook for Xdp<'_, POD> {
+/// One side's rewrite.
+#[derive(Clone, Copy)]
+struct Change {
+    addr_off: usize,
+    port_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+}
+
+/// Where an XDP program is attached.
+pub mod at {
+    /// A node device that is a physical NIC: every packet carries a full checksum.
+    pub const NIC: u8 = 0;
+    /// A node device that is a veth (nodes in containers, the test topology): packets may
+    /// carry CHECKSUM_PARTIAL seeds, which XDP_TX would strip of their `ip_summed`, so such
+    /// packets go to the stack after the rewrite.
+    pub const VETH_NIC: u8 = 1;
+    /// The host side of a pod's veth: seeds, and XDP_TX cannot reach the pod.
+    pub const POD: u8 = 2;
+}
+
+/// XDP, attached at `AT` (one of [`at`]).
+pub struct Xdp<'a, const AT: u8>(pub &'a XdpContext);
+
+impl<const AT: u8> Xdp<'_, AT> {
+    const POD: bool = AT == at::POD;
+    /// Packets may carry CHECKSUM_PARTIAL seeds, recognised by value.
+    const SEEDS: bool = AT != at::NIC;
+}
+
+impl<const AT: u8> Hook for Xdp<'_, AT> {
     type Verdict = u32;
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
     /// XDP_TX on the host side of a veth goes nowhere unless the pod's side runs NAPI (XDP or
     /// GRO there), which a pod's interface does not by default: pod hooks drop instead.
-    const CAN_REJECT: bool = !POD;
+    const CAN_REJECT: bool = AT != at::POD;
 
     #[inline(always)]
     fn start(&self) -> usize {
@@ -109,36 +172,90 @@ impl<const POD: bool> Hook for Xdp<'_, POD> {
     }
 
     #[inline(always)]
-    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<()> {
+    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<bool> {
+        // Every access below goes through these pointers, checked against one load of the
+        // packet bounds, so the verifier sees each write covered.
         let (s, e) = (self.start(), self.end());
-        let (addr_off, port_off) = field_offsets(h, nat);
-        let ip_check = ptr_at::<u16>(s, e, h.l3_off + 10)?;
-        let l4_check = ptr_at::<u16>(s, e, h.l4_csum_off())?;
-        let addr = ptr_at::<u32>(s, e, addr_off)?;
-        let port = ptr_at::<u16>(s, e, port_off)?;
-        // SAFETY: every pointer was bounds-checked against the packet just above.
-        unsafe {
-            let c = core::ptr::read_unaligned(ip_check);
-            core::ptr::write_unaligned(ip_check, csum::replace4(c, nat.old_addr, nat.new_addr));
-            let c = core::ptr::read_unaligned(l4_check);
-            let udp = h.proto == PROTO_UDP;
-            if !(udp && c == 0) {
-                let seed = csum::pseudo_header_seed(h.saddr, h.daddr, h.proto, h.l4_len);
-                let c = if POD && c == seed {
-                    csum::seed_replace4(c, nat.old_addr, nat.new_addr)
-                } else {
-                    let c = csum::replace4(c, nat.old_addr, nat.new_addr);
-                    match csum::replace2(c, nat.old_port, nat.new_port) {
-                        0 if udp => 0xffff,
-                        c => c,
-                    }
-                };
-                core::ptr::write_unaligned(l4_check, c);
-            }
-            core::ptr::write_unaligned(addr, nat.new_addr);
-            core::ptr::write_unaligned(port, nat.new_port);
+        let ip = ptr_at::<[u8; 20]>(s, e, h.l3_off)?;
+        let ports = ptr_at::<[u8; 4]>(s, e, h.l4_off)?;
+        let check = ptr_at::<[u8; 2]>(s, e, h.l4_csum_off())?;
+        // SAFETY: bounds-checked by ptr_at just above; the three do not overlap.
+        let (ip, ports, check) = unsafe { (&mut *ip, &mut *ports, &mut *check) };
+        let orig = u16::from_ne_bytes(*check);
+        let seed = csum::pseudo_header_seed(h.saddr, h.daddr, h.proto, h.l4_len);
+        let mut sums = Sums {
+            ip: u16::from_ne_bytes([ip[10], ip[11]]),
+            l4: orig,
+            partial: Self::SEEDS && orig == seed,
+            no_l4: h.proto == PROTO_UDP && orig == 0,
+        };
+        if nat.dst {
+            let c = dst_change(h, nat);
+            sums.fold(&c);
+            ip[16..20].copy_from_slice(&c.new_addr.to_ne_bytes());
+            ports[2..4].copy_from_slice(&c.new_port.to_ne_bytes());
         }
-        Some(())
+        if nat.src {
+            let c = src_change(h, nat);
+            sums.fold(&c);
+            ip[12..16].copy_from_slice(&c.new_addr.to_ne_bytes());
+            ports[0..2].copy_from_slice(&c.new_port.to_ne_bytes());
+        }
+        if h.proto == PROTO_UDP && !sums.partial && !sums.no_l4 && sums.l4 == 0 {
+            sums.l4 = 0xffff;
+        }
+        ip[10..12].copy_from_slice(&sums.ip.to_ne_bytes());
+        *check = sums.l4.to_ne_bytes();
+        Some(sums.partial)
+    }
+
+    /// On node devices: a backend whose route leaves by the device the packet came in on is
+    /// behind another node; the flow then takes the address the route would use as source.
+    #[inline(always)]
+    fn snat_source(&self, h: &Headers, backend_addr: u32) -> Option<u32> {
+        if Self::POD {
+            return None;
+        }
+        let ingress = self.0.ingress_ifindex() as u32;
+        let mut p = fib_params(h.proto, h.sport, h.dport, 0, backend_addr, ingress, 0);
+        let flags = BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH;
+        // SAFETY: `p` is a valid, initialised bpf_fib_lookup on the stack.
+        let r = unsafe {
+            bpf_fib_lookup(
+                self.0.ctx as *mut _,
+                &mut p,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                flags,
+            )
+        };
+        if r != BPF_FIB_LKUP_RET_SUCCESS as i64 || p.ifindex != ingress {
+            return None;
+        }
+        // SAFETY: the kernel filled ipv4_src (BPF_FIB_LOOKUP_SRC).
+        Some(unsafe { p.__bindgen_anon_3.ipv4_src })
+    }
+
+    /// On node devices: a packet routed back out of the device it came in on is sent from
+    /// XDP (XDP_TX) with the FIB's MAC addresses and TTL decremented; anything else goes to
+    /// the stack. Pod hooks always pass.
+    #[inline(always)]
+    fn forward(&self, h: &Headers, nat: &Nat, partial: bool) -> u32 {
+        if Self::POD {
+            return xdp_action::XDP_PASS;
+        }
+        // XDP_TX would hand the frame on without its CHECKSUM_PARTIAL mark, and the receiver
+        // would then check the seed as a full checksum: the stack forwards such packets.
+        let path = if partial {
+            Path::PassPartial
+        } else {
+            self.fib_forward(h, nat)
+        };
+        count_path(path, self.len());
+        if path == Path::Tx {
+            xdp_action::XDP_TX
+        } else {
+            xdp_action::XDP_PASS
+        }
     }
 
     #[inline(always)]
@@ -169,8 +286,202 @@ impl<const POD: bool> Hook for Xdp<'_, POD> {
     }
 }
 
+/// Checksums being updated through a rewrite.
+struct Sums {
+    ip: u16,
+    l4: u16,
+    /// The L4 field holds a CHECKSUM_PARTIAL seed.
+    partial: bool,
+    /// UDP without checksum.
+    no_l4: bool,
+}
+
+impl Sums {
+    /// Folds one side's address and port change into the checksums.
+    #[inline(always)]
+    fn fold(&mut self, c: &Change) {
+        self.ip = csum::replace4(self.ip, c.old_addr, c.new_addr);
+        if self.partial {
+            // Ports are not part of the pseudo-header seed.
+            self.l4 = csum::seed_replace4(self.l4, c.old_addr, c.new_addr);
+        } else if !self.no_l4 {
+            self.l4 = csum::replace4(self.l4, c.old_addr, c.new_addr);
+            self.l4 = csum::replace2(self.l4, c.old_port, c.new_port);
+        }
+    }
+}
+
+impl<const AT: u8> Xdp<'_, AT> {
+    /// Looks up the rewritten packet's next hop; on success out of the ingress device,
+    /// rewrites the MACs and TTL for XDP_TX.
+    #[inline(always)]
+    fn fib_forward(&self, h: &Headers, nat: &Nat) -> Path {
+        let (saddr, sport) = if nat.src {
+            (nat.src_addr, nat.src_port)
+        } else {
+            (h.saddr, h.sport)
+        };
+        let (daddr, dport) = if nat.dst {
+            (nat.dst_addr, nat.dst_port)
+        } else {
+            (h.daddr, h.dport)
+        };
+        let ingress = self.0.ingress_ifindex() as u32;
+        let tot_len = h.l4_len + (h.l4_off - h.l3_off) as u16;
+        let mut p = fib_params(h.proto, sport, dport, saddr, daddr, ingress, tot_len);
+        // SAFETY: `p` is a valid, initialised bpf_fib_lookup on the stack.
+        let r = unsafe {
+            bpf_fib_lookup(
+                self.0.ctx as *mut _,
+                &mut p,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        if r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            return Path::PassNoNeigh;
+        }
+        if r != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            return Path::PassFib;
+        }
+        if p.ifindex != ingress {
+            return Path::PassLocal;
+        }
+        let (s, e) = (self.start(), self.end());
+        let (Some(eth), Some(ttl_proto), Some(ip_check)) = (
+            ptr_at::<[u8; 12]>(s, e, 0),
+            ptr_at::<[u8; 2]>(s, e, h.l3_off + 8),
+            ptr_at::<u16>(s, e, h.l3_off + 10),
+        ) else {
+            return Path::PassFib;
+        };
+        // SAFETY: bounds-checked by ptr_at just above.
+        unsafe {
+            let old = *ttl_proto;
+            if old[0] <= 1 {
+                // The stack answers with time exceeded.
+                return Path::PassFib;
+            }
+            let new = [old[0] - 1, old[1]];
+            *ttl_proto = new;
+            let c = core::ptr::read_unaligned(ip_check);
+            let c = csum::replace2(c, u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+            core::ptr::write_unaligned(ip_check, c);
+            let eth = &mut *eth;
+            eth[0..6].copy_from_slice(&p.dmac);
+            eth[6..12].copy_from_slice(&p.smac);
+        }
+        Path::Tx
+    }
+}
+
+/// A FIB lookup request for an IPv4 flow (addresses and ports raw, `tot_len` host order).
+#[inline(always)]
+fn fib_params(
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    saddr: u32,
+    daddr: u32,
+    ifindex: u32,
+    tot_len: u16,
+) -> bpf_fib_lookup {
+    // SAFETY: bpf_fib_lookup is plain data; all zeroes is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = proto;
+    p.sport = sport;
+    p.dport = dport;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = ifindex;
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    p
+}
+
+/// AF_INET.
+const AF_INET: u8 = 2;
+
 /// tc (tcx ingress). Rewrites through `bpf_skb_store_bytes` and the checksum helpers.
 pub struct Tc<'a>(pub &'a TcContext);
+
+impl Tc<'_> {
+    /// Sends a reverse-NATed reply straight to its next hop. Its new source may be one of this
+    /// node's addresses (a NodePort reply from a local backend): the stack would drop that as
+    /// a martian on a pod interface, so the route is looked up here and the packet
+    /// redirected, with the neighbour subsystem filling in the MACs.
+    #[inline(always)]
+    fn redirect_reply(&self, h: &Headers, nat: &Nat) -> Option<i32> {
+        let skb = self.0.skb.skb;
+        // SAFETY: reads the context's ingress ifindex.
+        let ingress = unsafe { (*skb).ifindex };
+        let tot_len = h.l4_len + (h.l4_off - h.l3_off) as u16;
+        let (daddr, dport) = if nat.dst {
+            (nat.dst_addr, nat.dst_port)
+        } else {
+            (h.daddr, h.dport)
+        };
+        let mut p = fib_params(
+            h.proto,
+            nat.src_port,
+            dport,
+            nat.src_addr,
+            daddr,
+            ingress,
+            tot_len,
+        );
+        // SAFETY: `p` is a valid, initialised bpf_fib_lookup on the stack.
+        let r = unsafe {
+            bpf_fib_lookup(
+                skb as *mut _,
+                &mut p,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                BPF_FIB_LOOKUP_SKIP_NEIGH,
+            )
+        };
+        if r != BPF_FIB_LKUP_RET_SUCCESS as i64 || p.ifindex == ingress {
+            return None;
+        }
+        let ttl_proto: [u8; 2] = self.0.load(h.l3_off + 8).ok()?;
+        if ttl_proto[0] <= 1 {
+            return None;
+        }
+        let new = [ttl_proto[0] - 1, ttl_proto[1]];
+        let (old_w, new_w) = (
+            u16::from_ne_bytes(ttl_proto) as u64,
+            u16::from_ne_bytes(new) as u64,
+        );
+        self.0
+            .l3_csum_replace(h.l3_off + 10, old_w, new_w, 2)
+            .ok()?;
+        self.0.store(h.l3_off + 8, &new, 0).ok()?;
+        // SAFETY: the helper only queues the redirect; a null params lets it use the route.
+        let r = unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) };
+        (r == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as _)
+    }
+
+    /// Writes one side's new address and port with the kernel's checksum helpers.
+    #[inline(always)]
+    fn apply(&self, h: &Headers, c: &Change) -> Option<()> {
+        let mangled = if h.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+        let csum_off = h.l4_csum_off();
+        let ctx = self.0;
+        let (old_a, new_a) = (c.old_addr as u64, c.new_addr as u64);
+        let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
+        ctx.l4_csum_replace(csum_off, old_a, new_a, pseudo).ok()?;
+        let (old_p, new_p) = (c.old_port as u64, c.new_port as u64);
+        ctx.l4_csum_replace(csum_off, old_p, new_p, mangled | 2)
+            .ok()?;
+        ctx.l3_csum_replace(h.l3_off + 10, old_a, new_a, 4).ok()?;
+        ctx.store(c.addr_off, &c.new_addr, 0).ok()?;
+        ctx.store(c.port_off, &c.new_port, 0).ok()?;
+        Some(())
+    }
+}
 
 /// Ethernet + the longest IPv4 header + a TCP header: what must be linear for direct reads.
 const TC_PULL_LEN: usize = ETH_LEN + 60 + 20;
@@ -211,34 +522,23 @@ impl Hook for Tc<'_> {
     }
 
     #[inline(always)]
-    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<()> {
-        let (addr_off, port_off) = field_offsets(h, nat);
-        let mangled = if h.proto == PROTO_UDP {
-            BPF_F_MARK_MANGLED_0 as u64
-        } else {
-            0
-        };
-        let csum_off = h.l4_csum_off();
-        let ctx = self.0;
-        ctx.l4_csum_replace(
-            csum_off,
-            nat.old_addr as u64,
-            nat.new_addr as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
-        )
-        .ok()?;
-        ctx.l4_csum_replace(
-            csum_off,
-            nat.old_port as u64,
-            nat.new_port as u64,
-            mangled | 2,
-        )
-        .ok()?;
-        ctx.l3_csum_replace(h.l3_off + 10, nat.old_addr as u64, nat.new_addr as u64, 4)
-            .ok()?;
-        ctx.store(addr_off, &nat.new_addr, 0).ok()?;
-        ctx.store(port_off, &nat.new_port, 0).ok()?;
-        Some(())
+    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<bool> {
+        if nat.dst {
+            self.apply(h, &dst_change(h, nat))?;
+        }
+        if nat.src {
+            self.apply(h, &src_change(h, nat))?;
+        }
+        // The helpers keep CHECKSUM_PARTIAL packets right; nothing to report.
+        Some(false)
+    }
+
+    #[inline(always)]
+    fn forward(&self, h: &Headers, nat: &Nat, _partial: bool) -> i32 {
+        if !nat.reply {
+            return Self::PASS;
+        }
+        self.redirect_reply(h, nat).unwrap_or(Self::PASS)
     }
 
     #[inline(always)]
@@ -262,6 +562,6 @@ impl Hook for Tc<'_> {
         // SAFETY: reads the context's ifindex; the helper only queues the redirect.
         let ifindex = unsafe { (*skb).ifindex };
         let r = unsafe { bpf_redirect(ifindex, 0) };
-        (r == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as i32)
+        (r == TC_ACT_REDIRECT as i64).then_some(TC_ACT_REDIRECT as _)
     }
 }

@@ -6,27 +6,83 @@ use lb_common::{
     hash::{flow_hash, slot_of},
     maps::{
         Affinity, AffinityKey, Backend, Frontend, FrontendKey, SlotKey, CT_DIR_ORIGINAL,
-        CT_DIR_REPLY, CT_F_CLOSING, FE_F_REJECT_EMPTY, PROTO_TCP,
+        CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY, HAIRPIN_ADDR, PROTO_TCP,
     },
     verdict::Reason,
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, NewFlow},
+    hook::Hook,
     maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS},
     parse::{Headers, TCP_ACK, TCP_SYN},
     stats::count_frontend,
 };
 
-/// An address and port rewrite of one side of the packet; checksums follow.
+/// The rewrite of a packet: its destination, its source, or both; checksums follow.
+///
+/// Plain fields rather than `Option`s: every register the program spills must be initialised,
+/// and LLVM spills an `Option`'s payload even when it is `None`.
 #[derive(Clone, Copy)]
 pub struct Nat {
-    /// true: rewrite the destination (DNAT); false: the source (reverse NAT).
+    /// The packet is a reply of a tracked flow (reverse NAT).
+    pub reply: bool,
+    /// Rewrite the destination to (`dst_addr`, `dst_port`).
     pub dst: bool,
-    pub old_addr: u32,
-    pub new_addr: u32,
-    pub old_port: u16,
-    pub new_port: u16,
+    /// Rewrite the source to (`src_addr`, `src_port`).
+    pub src: bool,
+    pub dst_addr: u32,
+    pub dst_port: u16,
+    pub src_port: u16,
+    pub src_addr: u32,
+}
+
+impl Nat {
+    /// A destination rewrite; `with_src` adds a source rewrite.
+    #[inline(always)]
+    pub fn dnat(addr: u32, port: u16) -> Self {
+        Nat {
+            reply: false,
+            dst: true,
+            src: false,
+            dst_addr: addr,
+            dst_port: port,
+            src_port: 0,
+            src_addr: 0,
+        }
+    }
+
+    /// The source rewrite of a reply.
+    #[inline(always)]
+    pub fn snat(addr: u32, port: u16) -> Self {
+        Nat {
+            reply: true,
+            dst: false,
+            src: true,
+            dst_addr: 0,
+            dst_port: 0,
+            src_port: port,
+            src_addr: addr,
+        }
+    }
+
+    /// Adds a source rewrite.
+    #[inline(always)]
+    pub fn with_src(mut self, addr: u32, port: u16) -> Self {
+        self.src = true;
+        self.src_addr = addr;
+        self.src_port = port;
+        self
+    }
+
+    /// Adds a destination rewrite.
+    #[inline(always)]
+    pub fn with_dst(mut self, addr: u32, port: u16) -> Self {
+        self.dst = true;
+        self.dst_addr = addr;
+        self.dst_port = port;
+        self
+    }
 }
 
 /// What the hook must do with the packet.
@@ -38,9 +94,9 @@ pub enum Action {
     Rewrite(Nat),
 }
 
-/// Decides what happens to an IPv4 TCP/UDP packet of `len` bytes.
+/// Decides what happens to an IPv4 TCP/UDP packet of `len` bytes arriving on `hook`.
 #[inline(always)]
-pub fn decide(h: &Headers, len: u64) -> (Reason, Action) {
+pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> (Reason, Action) {
     let fkey = FrontendKey {
         addr_be: h.daddr,
         port_be: h.dport,
@@ -50,7 +106,7 @@ pub fn decide(h: &Headers, len: u64) -> (Reason, Action) {
     // SAFETY: the value is copied out at once; the agent replaces entries whole.
     if let Some(fe) = unsafe { LB_FRONTENDS.get(fkey) } {
         let fe: Frontend = *fe;
-        return to_frontend(h, len, &fe);
+        return to_frontend(hook, h, len, &fe);
     }
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_REPLY)) {
         let now = unsafe { bpf_ktime_get_ns() };
@@ -58,34 +114,18 @@ pub fn decide(h: &Headers, len: u64) -> (Reason, Action) {
         let entry = unsafe { *e };
         if conntrack::is_live(&entry, h.proto, now) {
             conntrack::touch(e, h.tcp_flags, now);
-            return (
-                Reason::RevNat,
-                Action::Rewrite(Nat {
-                    dst: false,
-                    old_addr: h.saddr,
-                    new_addr: entry.nat_addr_be,
-                    old_port: h.sport,
-                    new_port: entry.nat_port_be,
-                }),
-            );
+            let mut nat = Nat::snat(entry.nat_addr_be, entry.nat_port_be);
+            if entry.flags & CT_F_SNAT != 0 {
+                nat = nat.with_dst(entry.rev_addr_be, entry.rev_port_be);
+            }
+            return (Reason::RevNat, Action::Rewrite(nat));
         }
     }
     (Reason::PassNoService, Action::Pass)
 }
 
 #[inline(always)]
-fn dnat(h: &Headers, addr: u32, port: u16) -> Action {
-    Action::Rewrite(Nat {
-        dst: true,
-        old_addr: h.daddr,
-        new_addr: addr,
-        old_port: h.dport,
-        new_port: port,
-    })
-}
-
-#[inline(always)]
-fn to_frontend(h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
+fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
     let now = unsafe { bpf_ktime_get_ns() };
     let is_syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_ORIGINAL)) {
@@ -94,15 +134,24 @@ fn to_frontend(h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
         // A SYN on a closing flow is a new connection reusing the client port.
         let reused = is_syn && entry.flags & CT_F_CLOSING != 0;
         if !reused && entry.frontend_id == fe.id && conntrack::is_live(&entry, h.proto, now) {
-            // The flow keeps its backend as long as that backend belongs to the frontend.
-            if let Some(b) = backend_of(fe.id, entry.backend_id) {
-                if b.addr_be == entry.nat_addr_be && b.port_be == entry.nat_port_be {
-                    if conntrack::touch(e, h.tcp_flags, now) {
-                        conntrack::refresh_reply(h, fe.id, entry.backend_id, &b, now);
-                    }
-                    count_frontend(fe.id, len, false);
-                    return (Reason::DnatEstablished, dnat(h, b.addr_be, b.port_be));
+            // As with kube-proxy, an established TCP connection stays with its backend even
+            // after the backend left the frontend (a terminating pod finishes its requests).
+            // A UDP flow stays only while its backend belongs to the frontend (kube-proxy
+            // clears UDP conntrack entries of removed endpoints).
+            let keep = h.proto == PROTO_TCP
+                || backend_of(fe.id, entry.backend_id).is_some_and(|b| {
+                    b.addr_be == entry.nat_addr_be && b.port_be == entry.nat_port_be
+                });
+            if keep {
+                if conntrack::touch(e, h.tcp_flags, now) {
+                    conntrack::refresh_reply(h, &entry, now);
                 }
+                count_frontend(fe.id, len, false);
+                let mut nat = Nat::dnat(entry.nat_addr_be, entry.nat_port_be);
+                if entry.flags & CT_F_SNAT != 0 {
+                    nat = nat.with_src(entry.rev_addr_be, entry.rev_port_be);
+                }
+                return (Reason::DnatEstablished, Action::Rewrite(nat));
             }
         }
     }
@@ -119,12 +168,39 @@ fn to_frontend(h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
         return (Reason::DropNoSlot, Action::Drop);
     };
     count_frontend(fe.id, len, true);
-    let reason = if conntrack::create(h, fe.id, backend_id, &b, now) {
+    let flow = NewFlow {
+        h,
+        frontend_id: fe.id,
+        backend_id,
+        backend: &b,
+        now,
+    };
+    let dnat = Nat::dnat(b.addr_be, b.port_be);
+    if b.addr_be == h.saddr {
+        // Hairpin: a pod balanced to itself. From its own address the reply would never leave
+        // the pod; from the hairpin address it comes back through this program.
+        let hairpin = u32::from_ne_bytes(HAIRPIN_ADDR);
+        let reason = if flow.create(true, hairpin, h.sport) {
+            Reason::DnatNew
+        } else {
+            Reason::DnatNewUntracked
+        };
+        return (reason, Action::Rewrite(dnat.with_src(hairpin, h.sport)));
+    }
+    if let Some(addr) = hook.snat_source(h, b.addr_be) {
+        // The backend is behind another node: its reply must come back through this one.
+        let hash = flow_hash(h.saddr, h.daddr, h.sport, h.dport, h.proto);
+        return match flow.create_snat(addr, hash) {
+            Some(port) => (Reason::DnatNew, Action::Rewrite(dnat.with_src(addr, port))),
+            None => (Reason::DropSnatExhausted, Action::Drop),
+        };
+    }
+    let reason = if flow.create(false, h.saddr, h.sport) {
         Reason::DnatNew
     } else {
         Reason::DnatNewUntracked
     };
-    (reason, dnat(h, b.addr_be, b.port_be))
+    (reason, Action::Rewrite(dnat))
 }
 
 /// The backend `id` if it (still) belongs to frontend `fe_id`.

@@ -15,16 +15,30 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-/// XDP on node devices: packets from the wire, full checksums.
+/// XDP on node devices that are NICs: packets from the wire, full checksums.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    hook::run(&hook::Xdp::<false>(&ctx))
+    hook::run(&hook::Xdp::<{ hook::at::NIC }>(&ctx))
+}
+
+/// XDP on node devices that are veths (nodes in containers): packets may carry seeds.
+#[xdp]
+pub fn lb_xdp_veth(ctx: XdpContext) -> u32 {
+    hook::run(&hook::Xdp::<{ hook::at::VETH_NIC }>(&ctx))
 }
 
 /// XDP on the host side of pod interfaces (`--pod-hook xdp`): may see CHECKSUM_PARTIAL seeds.
 #[xdp]
 pub fn lb_xdp_pod(ctx: XdpContext) -> u32 {
-    hook::run(&hook::Xdp::<true>(&ctx))
+    hook::run(&hook::Xdp::<{ hook::at::POD }>(&ctx))
+}
+
+/// Passes every packet: the floor the benchmarks compare against, and what the test topology
+/// attaches to the far side of a veth that plays a wire, so XDP_TX into that veth is received
+/// (a veth only receives XDP frames when its peer runs NAPI, which an XDP program turns on).
+#[xdp]
+pub fn lb_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 /// tcx ingress on the host side of pod interfaces (the default pod hook).

@@ -12,7 +12,7 @@ use lb_common::{
         FrontendStats, Slot, SlotKey, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT,
         DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
     },
-    verdict::REASON_COUNT,
+    verdict::{PATH_COUNT, REASON_COUNT},
 };
 
 /// Frontends: (address, port, protocol) of a service -> its id, table size and policy.
@@ -45,3 +45,7 @@ pub static LB_FE_STATS: PerCpuArray<FrontendStats, { DEFAULT_MAX_FRONTENDS as us
 #[btf_map]
 pub static LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { DEFAULT_MAX_AFFINITY as usize }> =
     LruHashMap::new();
+
+/// Packets and bytes per path out of XDP on node devices (lb_common::verdict::Path), per CPU.
+#[btf_map]
+pub static LB_PATHS: PerCpuArray<Counter, { PATH_COUNT as usize }> = PerCpuArray::new();

@@ -1,8 +1,8 @@
 //! Counters: every verdict by reason, and per-frontend traffic.
 
-use lb_common::verdict::Reason;
+use lb_common::verdict::{Path, Reason};
 
-use crate::maps::{LB_FE_STATS, LB_VERDICTS};
+use crate::maps::{LB_FE_STATS, LB_PATHS, LB_VERDICTS};
 
 /// Counts one packet of `len` bytes under `reason`.
 #[inline(always)]
@@ -27,6 +27,18 @@ pub fn count_frontend(id: u32, len: u64, new_flow: bool) {
             if new_flow {
                 (*c).new_flows += 1;
             }
+        }
+    }
+}
+
+/// Counts one packet of `len` bytes leaving XDP on a node device by `path`.
+#[inline(always)]
+pub fn count_path(path: Path, len: u64) {
+    if let Some(c) = LB_PATHS.get_ptr_mut(path as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
         }
     }
 }

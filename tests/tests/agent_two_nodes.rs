@@ -1,0 +1,501 @@
+//! Two nodes, an external client and real traffic: the NIC's XDP program for traffic from
+//! outside (NodePort, externalIPs), SNAT to backends behind the other node, XDP_TX forwarding,
+//! reverse NAT of replies from the other node, externalTrafficPolicy Local, reject, Maglev
+//! consistency across nodes, and hairpin.
+//!
+//! Topology (lb_tests::Cluster): node-0 and node-1 are network namespaces whose NICs (`eth0`,
+//! 172.18.0.10 and .11) are veths on a fabric bridge, with the external client (172.18.0.100)
+//! on the same bridge. Pods: c0 (client) and a1 on node-0 (10.244.0.0/24), b1 and b2 on node-1
+//! (10.244.1.0/24). Each node runs its own agent with `--devices eth0`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use lb_tests::{
+    topo::{node_nic_ip, EXTERNAL_IP},
+    BpffsGuard, Child, Client, Cluster, TcpServer, TempDir, UdpServer, POD_IFACE_GLOB,
+};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn agent_bin() -> PathBuf {
+    let p = std::env::var_os("LB_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/lb-agent"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask build` (or set LB_AGENT_BIN)",
+        p.display()
+    );
+    p
+}
+
+const CIP: &str = "10.96.0.50:80";
+const NODEPORT: u16 = 30080;
+const NODEPORT_LOCAL: u16 = 30081;
+const NODEPORT_EMPTY: u16 = 30082;
+const NODEPORT_UDP: u16 = 30053;
+const EXTERNAL_VIP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 200);
+const HAIRPIN: &str = "10.96.0.54:80";
+
+/// A Service manifest with its EndpointSlice; endpoints are (ip, node).
+fn service(
+    name: &str,
+    spec_extra: &str,
+    cluster_ip: &str,
+    ports: &[(&str, &str, u16, u16, Option<u16>)],
+    endpoints: &[(&str, &str)],
+) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: t\nspec:\n  \
+         clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n{spec_extra}  ports:\n"
+    );
+    for (pname, proto, port, target, node_port) in ports {
+        y += &format!(
+            "  - {{name: {pname}, protocol: {proto}, port: {port}, targetPort: {target}{}}}\n",
+            node_port
+                .map(|n| format!(", nodePort: {n}"))
+                .unwrap_or_default()
+        );
+    }
+    y += &format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-x\n  \
+         namespace: t\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n"
+    );
+    for (pname, proto, _, target, _) in ports {
+        y += &format!("- {{name: {pname}, protocol: {proto}, port: {target}}}\n");
+    }
+    y += if endpoints.is_empty() {
+        "endpoints: []\n"
+    } else {
+        "endpoints:\n"
+    };
+    for (ip, node) in endpoints {
+        y += &format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n");
+    }
+    y
+}
+
+fn nodes_yaml() -> String {
+    (0..2u8)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-{i}\nstatus:\n  addresses:\n  \
+                 - {{type: InternalIP, address: {}}}\n---\n",
+                node_nic_ip(i)
+            )
+        })
+        .collect()
+}
+
+/// The cluster, its servers and one agent per node.
+struct Lab {
+    cluster: Cluster,
+    _servers: Vec<(TcpServer, UdpServer)>,
+    agents: Vec<Child>,
+    bpffs: Vec<BpffsGuard>,
+    _wire: BpffsGuard,
+    _manifests: TempDir,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Result<Self> {
+        let mut cluster = Cluster::new(tag, 2)?;
+        cluster.node_mut(0).add_pod("c0", [10, 244, 0, 2])?;
+        cluster.node_mut(0).add_pod("a1", [10, 244, 0, 11])?;
+        cluster.node_mut(1).add_pod("b1", [10, 244, 1, 11])?;
+        cluster.node_mut(1).add_pod("b2", [10, 244, 1, 12])?;
+        let mut servers = Vec::new();
+        for (node, pod) in [(0, "a1"), (1, "b1"), (1, "b2")] {
+            let p = cluster.node(node).pod(pod);
+            servers.push((p.tcp_server(8080)?, p.udp_server(5353)?));
+        }
+        // The fabric's ports play the wire: with an XDP program they receive what a node's
+        // XDP program transmits (XDP_TX) into its NIC's veth.
+        let wire = BpffsGuard::new(&format!("{tag}-wire"))?;
+        let progs = wire.path().join("p");
+        let obj = workspace().join("target/bpf/lb-ebpf.o");
+        let out = Command::new("bpftool")
+            .args(["prog", "loadall"])
+            .arg(&obj)
+            .arg(&progs)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pass = progs.join("lb_pass");
+        for port in ["n0", "n1", "ext"] {
+            cluster.fabric().ip(&[
+                "link",
+                "set",
+                "dev",
+                port,
+                "xdpdrv",
+                "pinned",
+                pass.to_str().context("path")?,
+            ])?;
+        }
+        let manifests = TempDir::new(&format!("{tag}-m"))?;
+        let a1 = ("10.244.0.11", "node-0");
+        let b1 = ("10.244.1.11", "node-1");
+        let b2 = ("10.244.1.12", "node-1");
+        let http = |node_port| ("http", "TCP", 80u16, 8080u16, node_port);
+        let dns = |node_port: Option<u16>| ("dns", "UDP", 53u16, 5353u16, node_port);
+        let files = [
+            ("nodes.yaml", nodes_yaml()),
+            (
+                "cip.yaml",
+                service("cip", "", "10.96.0.50", &[http(None)], &[b1, b2]),
+            ),
+            (
+                "np.yaml",
+                service(
+                    "np",
+                    "  type: NodePort\n",
+                    "10.96.0.51",
+                    &[http(Some(NODEPORT)), dns(Some(NODEPORT_UDP))],
+                    &[a1, b1],
+                ),
+            ),
+            (
+                "npl.yaml",
+                service(
+                    "npl",
+                    "  type: NodePort\n  externalTrafficPolicy: Local\n",
+                    "10.96.0.52",
+                    &[http(Some(NODEPORT_LOCAL))],
+                    &[b2],
+                ),
+            ),
+            (
+                "rej.yaml",
+                service(
+                    "rej",
+                    "  type: NodePort\n",
+                    "10.96.0.53",
+                    &[http(Some(NODEPORT_EMPTY))],
+                    &[],
+                ),
+            ),
+            (
+                "eip.yaml",
+                service(
+                    "eip",
+                    &format!("  externalIPs: [{EXTERNAL_VIP}]\n"),
+                    "10.96.0.55",
+                    &[("dns", "UDP", 53, 5353, None)],
+                    &[a1, b1, b2],
+                ),
+            ),
+            (
+                "hp.yaml",
+                service("hp", "", "10.96.0.54", &[http(None)], &[a1]),
+            ),
+        ];
+        for (name, text) in files {
+            std::fs::write(manifests.path().join(name), text)?;
+        }
+        let mut agents = Vec::new();
+        let mut bpffs = Vec::new();
+        for i in 0..2u8 {
+            let fs = BpffsGuard::new(&format!("{tag}-n{i}"))?;
+            let mut cmd = Command::new(agent_bin());
+            cmd.args(["run", "--node", &format!("node-{i}"), "--devices", "eth0"])
+                .args(["--pod-interfaces", POD_IFACE_GLOB, "--manifests"])
+                .arg(manifests.path())
+                .arg("--bpffs")
+                .arg(fs.path());
+            let mut child = cluster.node(i).ns().spawn(&format!("agent{i}"), &cmd)?;
+            child
+                .wait_for_output("running", Duration::from_secs(20))
+                .with_context(|| child.logs())?;
+            agents.push(child);
+            bpffs.push(fs);
+        }
+        Ok(Lab {
+            cluster,
+            _servers: servers,
+            agents,
+            bpffs,
+            _wire: wire,
+            _manifests: manifests,
+        })
+    }
+
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| a.logs())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `lb-agent inspect --json` of node `i`.
+    fn inspect(&self, i: u8) -> serde_json::Value {
+        let out = self
+            .cluster
+            .node(i)
+            .ns()
+            .run(
+                agent_bin().to_str().unwrap(),
+                &[
+                    "inspect",
+                    "--json",
+                    "--bpffs",
+                    self.bpffs[i as usize].path().to_str().unwrap(),
+                ],
+            )
+            .expect("inspect");
+        serde_json::from_str(&out).expect("inspect JSON")
+    }
+
+    fn external(&self) -> Client<'_> {
+        Client::new(self.cluster.external()).timeout(Duration::from_secs(2))
+    }
+}
+
+fn nodeport(node: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(node_nic_ip(node).into(), port)
+}
+
+/// Test that a pod reaches a ClusterIP whose backends are all on the other node: the flow is
+/// DNATed on the client's node, and the replies, arriving on its NIC, are reverse-NATed by the
+/// NIC's XDP program so they come from the ClusterIP.
+#[test]
+fn cluster_ip_backends_on_the_other_node_answer_from_the_cluster_ip() {
+    let lab = Lab::new("cross").unwrap();
+    let c0 = lab.cluster.node(0).pod("c0").ns();
+    let spread = Client::new(c0).tcp_spread(CIP.parse().unwrap(), 100);
+    assert_eq!(spread.failures, 0, "{spread}\n{}", lab.logs());
+    assert_eq!(spread.backends(), ["b1", "b2"], "{spread}");
+    assert!(
+        spread.count("b1") >= 20 && spread.count("b2") >= 20,
+        "{spread}"
+    );
+    let v = lab.inspect(0);
+    assert!(
+        v["verdicts"]["reverse_nat"]["packets"].as_u64().unwrap() >= 100,
+        "{v:#}"
+    );
+    // The backends saw the client pod itself (no SNAT for pod traffic).
+    let r = Client::new(c0).tcp(CIP.parse().unwrap(), "who").unwrap();
+    assert_eq!(r.client_seen.ip(), Ipv4Addr::new(10, 244, 0, 2));
+}
+
+/// Test that NodePort traffic from outside reaches backends on both nodes: the local one sees
+/// the client's address, the one behind the other node sees this node's address (SNAT), every
+/// reply comes from the NodePort, and the packets to and from the other node leave by XDP_TX.
+#[test]
+fn nodeport_from_outside_reaches_both_nodes_with_snat_to_the_remote_one() {
+    let lab = Lab::new("np").unwrap();
+    let target = nodeport(0, NODEPORT);
+    let spread = lab.external().tcp_spread(target, 120);
+    assert_eq!(spread.failures, 0, "{spread}\n{}", lab.logs());
+    assert_eq!(spread.backends(), ["a1", "b1"], "{spread}");
+    let mut seen_local = None;
+    let mut seen_remote = None;
+    for port in 40000..40060u16 {
+        let client = lab
+            .external()
+            .bind(SocketAddr::new(EXTERNAL_IP.into(), port));
+        let r = client.tcp(target, "hi").unwrap();
+        assert_eq!(r.peer, target, "replies come from the NodePort");
+        match r.identity.as_str() {
+            "a1" => seen_local = Some(r.client_seen.ip()),
+            "b1" => seen_remote = Some(r.client_seen.ip()),
+            other => panic!("unexpected backend {other}"),
+        }
+    }
+    assert_eq!(
+        seen_local,
+        Some(EXTERNAL_IP.into()),
+        "local backend sees the client"
+    );
+    assert_eq!(
+        seen_remote,
+        Some(node_nic_ip(0).into()),
+        "remote backend sees node-0 (SNAT)"
+    );
+    // Packets from sockets on veths carry CHECKSUM_PARTIAL seeds, which node-0's NIC (a veth)
+    // hands to the stack after the rewrite (the UDP test below covers the XDP_TX path).
+    let v = lab.inspect(0);
+    assert!(
+        v["paths"]["pass_partial"]["packets"].as_u64().unwrap() > 0,
+        "{:#}",
+        v["paths"]
+    );
+    let snat = v["conntrack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e["snat"].is_null())
+        .count();
+    assert!(snat > 0, "SNAT conntrack entries: {v:#}");
+}
+
+/// Test that externalTrafficPolicy Local sends outside traffic only to this node's endpoints,
+/// which see the client's address, and that a node without one drops it (no SNAT hop).
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_drops_elsewhere() {
+    let lab = Lab::new("etpl").unwrap();
+    let spread = lab.external().tcp_spread(nodeport(1, NODEPORT_LOCAL), 30);
+    assert_eq!(spread.failures, 0, "{spread}\n{}", lab.logs());
+    assert_eq!(spread.backends(), ["b2"]);
+    let r = lab
+        .external()
+        .tcp(nodeport(1, NODEPORT_LOCAL), "hi")
+        .unwrap();
+    assert_eq!(r.client_seen.ip(), EXTERNAL_IP);
+    let fail = lab
+        .external()
+        .timeout(Duration::from_millis(500))
+        .tcp(nodeport(0, NODEPORT_LOCAL), "hi");
+    assert!(fail.is_err(), "node-0 has no local endpoint and must drop");
+    let v = lab.inspect(0);
+    assert!(
+        v["verdicts"]["drop_no_backend"]["packets"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{v:#}"
+    );
+}
+
+/// Test that a NodePort without endpoints rejects from XDP: the client gets ICMP port
+/// unreachable (connection refused) at once.
+#[test]
+fn nodeport_without_endpoints_is_refused_from_xdp() {
+    let lab = Lab::new("rej").unwrap();
+    let err = lab
+        .external()
+        .tcp(nodeport(0, NODEPORT_EMPTY), "hi")
+        .expect_err("no endpoints");
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(refused, "{err:#}\n{}", lab.logs());
+    let v = lab.inspect(0);
+    assert!(
+        v["verdicts"]["reject_no_backend"]["packets"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{v:#}"
+    );
+}
+
+/// Test that both nodes send a flow to an external IP to the same backend (Maglev tables are
+/// the same on every node), so an outside router may send a flow's packets to either node.
+#[test]
+fn both_nodes_pick_the_same_backend_for_a_flow_to_an_external_ip() {
+    let lab = Lab::new("maglev").unwrap();
+    let ext = lab.cluster.external();
+    let vip = SocketAddr::new(EXTERNAL_VIP.into(), 53);
+    let mut picks: Vec<Vec<String>> = Vec::new();
+    for node in 0..2u8 {
+        ext.ip(&[
+            "route",
+            "replace",
+            &format!("{EXTERNAL_VIP}/32"),
+            "via",
+            &node_nic_ip(node).to_string(),
+        ])
+        .unwrap();
+        let mut p = Vec::new();
+        for port in 45000..45040u16 {
+            let client = lab
+                .external()
+                .bind(SocketAddr::new(EXTERNAL_IP.into(), port));
+            let r = client
+                .udp(vip, "q")
+                .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+            assert_eq!(r.peer, vip);
+            p.push(r.identity);
+        }
+        picks.push(p);
+    }
+    assert_eq!(picks[0], picks[1], "node-0 and node-1 disagree");
+    let distinct: std::collections::BTreeSet<_> = picks[0].iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "40 flows spread over the 3 backends: {distinct:?}"
+    );
+}
+
+/// Test that a pod reaching its own Service, balanced to itself, gets its answer (hairpin).
+#[test]
+fn a_pod_balanced_to_itself_gets_its_answer() {
+    let lab = Lab::new("hairpin").unwrap();
+    let a1 = lab.cluster.node(0).pod("a1").ns();
+    for _ in 0..5 {
+        let r = Client::new(a1)
+            .tcp(HAIRPIN.parse().unwrap(), "me")
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+        assert_eq!(r.identity, "a1");
+        assert_eq!(r.peer, HAIRPIN.parse::<SocketAddr>().unwrap());
+    }
+}
+
+/// Test the XDP_TX path with real traffic: UDP datagrams without a checksum (as a NIC's
+/// offload would never leave a seed in them) sent to a NodePort are SNATed to the backend
+/// behind node-1 and sent straight back out of node-0's NIC by XDP, and the answers return.
+#[test]
+fn nodeport_datagrams_to_the_other_node_leave_by_xdp_tx() {
+    let lab = Lab::new("xdptx").unwrap();
+    let target = nodeport(0, NODEPORT_UDP);
+    let answers = lab.cluster.external().enter(|| {
+        let mut seen = std::collections::BTreeMap::new();
+        for port in 47000..47040u16 {
+            let sock = std::net::UdpSocket::bind((EXTERNAL_IP, port)).unwrap();
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket and option value; SO_NO_CHECK sends UDP checksum 0.
+            let r = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::SOL_SOCKET,
+                    libc::SO_NO_CHECK,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            assert_eq!(r, 0);
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            sock.send_to(b"q\n", target).unwrap();
+            let mut buf = [0u8; 512];
+            let (n, from) = sock.recv_from(&mut buf).expect("answer");
+            assert_eq!(from, target, "answers come from the NodePort");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let who = text
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            *seen.entry(who).or_insert(0) += 1;
+        }
+        seen
+    });
+    assert_eq!(
+        answers.keys().collect::<Vec<_>>(),
+        ["a1", "b1"],
+        "{answers:?}"
+    );
+    let v = lab.inspect(0);
+    let path = |p: &str| v["paths"][p]["packets"].as_u64().unwrap();
+    // Until node-1's MAC is known the stack forwards (and resolves it); then XDP_TX.
+    assert!(
+        path("xdp_tx") > 0 && path("xdp_tx") + path("pass_no_neigh") >= answers["b1"],
+        "every datagram to b1 leaves by XDP_TX once the neighbour is known: {:#}",
+        v["paths"]
+    );
+}
