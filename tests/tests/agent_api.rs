@@ -660,3 +660,31 @@ fn services_listed_over_several_pages_are_all_programmed() {
         "{spread}"
     );
 }
+
+/// Test that /healthz turns 503 with nodeEligible false while the Node is being deleted (as
+/// kube-proxy's, so load balancers drain the node), while /livez stays 200.
+#[test]
+fn healthz_fails_while_the_node_is_being_deleted_and_livez_does_not() {
+    let mut lab = ApiLab::new("api-drain", 1);
+    echo(&lab.api, &[1]);
+    lab.start_agent();
+    lab.wait_backends(vip(), &[1]);
+    assert_eq!(lab.get(HEALTHZ, "/healthz").0, 200);
+    let mut n = node_obj();
+    n["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+    lab.api.apply(n).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, text) = lab.get(HEALTHZ, "/healthz");
+        if code == 503 {
+            assert!(text.contains("\"nodeEligible\": false"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {code}: {text}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (code, text) = lab.get(HEALTHZ, "/livez");
+    assert_eq!(code, 200, "{text}");
+    // Traffic is not affected.
+    assert_spread(&lab, 20, &["b1"]);
+}
