@@ -496,6 +496,47 @@ pub fn is_veth(ifname: &str) -> bool {
     info.driver.starts_with(b"veth\0")
 }
 
+/// Detaches the bpf_link pinned at `path` from its hook, synchronously (BPF_LINK_DETACH).
+fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // union bpf_attr, large enough for both commands (the kernel reads only what it needs).
+    let mut attr = [0u64; 16];
+    attr[0] = cpath.as_ptr() as u64; // obj_get.pathname
+                                     // SAFETY: BPF_OBJ_GET reads a NUL-terminated path from `cpath`, alive across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; the OwnedFd closes it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = [0u64; 16];
+    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64; // link_detach.link_fd
+                                                           // SAFETY: BPF_LINK_DETACH only reads the link fd from `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Every pinned link under `root`: (hook name, ifname, ifindex, path).
 pub fn pinned_links(root: &Path) -> Vec<(String, String, u32, PathBuf)> {
     let Ok(dir) = std::fs::read_dir(root.join("links")) else {
@@ -679,6 +720,11 @@ impl Pinned {
 pub fn cleanup(root: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for (_, _, _, path) in pinned_links(root) {
+        // Unpinning alone detaches only when the kernel frees the link, a moment later;
+        // BPF_LINK_DETACH detaches now, so no packet is translated once cleanup returns.
+        if let Err(source) = detach_pinned_link(&path) {
+            warn!(path = %path.display(), error = %source, "detaching the link failed; unpinning it");
+        }
         std::fs::remove_file(&path).map_err(|source| DataplaneError::Remove {
             path: path.clone(),
             source,

@@ -621,8 +621,6 @@ fn established_connections_survive_an_agent_restart_and_cleanup_removes_everythi
 /// Test that when `lb-agent cleanup` returns, no program translates traffic any more: the very
 /// next connections to the VIP fail.
 #[test]
-#[ignore = "lb-agent cleanup only unlinks the link pins; the kernel frees (detaches) the links \
-            later, and the VIP answers for a few ms after cleanup returns"]
 fn cleanup_detaches_every_program_before_it_returns() {
     let mut lab = Lab::with_echo("cleanup", 3, Hook::Tc, &[1, 2, 3]);
     let vip = echo_service().vip(80);
