@@ -42,6 +42,30 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<JoinHandle<()>,
     Ok(tokio::spawn(accept_loop(listener, handler)))
 }
 
+/// Serves `handler` on `addr` from a task that keeps trying to bind every 5 s while the address
+/// is taken (as kube-proxy's healthz and metrics servers do: e.g. while kube-proxy itself still
+/// holds 10256 during a migration), logging the first failure and the recovery.
+pub fn serve_retrying(addr: SocketAddr, what: &'static str, handler: Handler) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failed = false;
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(%addr, "serving {what}");
+                    return accept_loop(listener, handler).await;
+                }
+                Err(e) => {
+                    if !failed {
+                        warn!(%addr, error = %e, "cannot serve {what} yet; retrying every 5 s");
+                        failed = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+    })
+}
+
 async fn accept_loop(listener: TcpListener, handler: Handler) {
     loop {
         let stream = match listener.accept().await {

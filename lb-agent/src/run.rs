@@ -410,7 +410,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cfg.sizes,
         cfg.resync_period * 2,
     ));
-    let _http = start_http(&cfg, &telemetry).await?;
+    let _http = start_http(&cfg, &telemetry);
 
     let (api_tx, mut api_rx) = mpsc::unbounded_channel();
     let source = match &cfg.source {
@@ -542,26 +542,18 @@ fn drain(
     }
 }
 
-/// Starts /healthz + /livez and /metrics.
-async fn start_http(cfg: &RunConfig, telemetry: &Arc<Telemetry>) -> Result<Vec<JoinHandle<()>>> {
+/// Starts /healthz + /livez and /metrics (each keeps trying while its address is taken).
+fn start_http(cfg: &RunConfig, telemetry: &Arc<Telemetry>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(addr) = cfg.healthz_bind_address {
-        tasks.push(
-            http::serve(addr, http::health_handler(telemetry.clone()))
-                .await
-                .context("--healthz-bind-address")?,
-        );
-        info!(%addr, "serving /healthz and /livez");
+        let h = http::health_handler(telemetry.clone());
+        tasks.push(http::serve_retrying(addr, "/healthz and /livez", h));
     }
     if let Some(addr) = cfg.metrics_bind_address {
-        tasks.push(
-            http::serve(addr, http::metrics_handler(telemetry.clone()))
-                .await
-                .context("--metrics-bind-address")?,
-        );
-        info!(%addr, "serving /metrics");
+        let h = http::metrics_handler(telemetry.clone());
+        tasks.push(http::serve_retrying(addr, "/metrics", h));
     }
-    Ok(tasks)
+    tasks
 }
 
 /// Watches `dir` for files written, created, renamed in or out, or removed.
