@@ -107,13 +107,18 @@ impl ApiLab {
 
     /// Starts an agent watching the fake API; waits until it says "running".
     fn start_agent(&mut self) {
+        self.start_agent_with("10ms");
+    }
+
+    /// Starts an agent with `--min-sync-period min_sync`.
+    fn start_agent_with(&mut self, min_sync: &str) {
         let kubeconfig = self.dir.path().join("kubeconfig");
         let mut cmd = Command::new(agent_bin());
         #[rustfmt::skip]
         cmd.args([
             "run", "--kubeconfig", kubeconfig.to_str().unwrap(), "--node", NODE,
             "--pod-interfaces", POD_IFACE_GLOB, "--bpffs", self.bpffs.path().to_str().unwrap(),
-            "--min-sync-period", "10ms", "--resync-period", "2s",
+            "--min-sync-period", min_sync, "--resync-period", "2s",
             "--healthz-bind-address", HEALTHZ, "--metrics-bind-address", METRICS,
         ])
         .env("RUST_LOG", "info,lb_agent=debug,kube=info")
@@ -687,4 +692,48 @@ fn healthz_fails_while_the_node_is_being_deleted_and_livez_does_not() {
     assert_eq!(code, 200, "{text}");
     // Traffic is not affected.
     assert_spread(&lab, 20, &["b1"]);
+}
+
+/// Test that a burst of EndpointSlice changes is applied in few syncs, at most one per
+/// --min-sync-period, and ends in the last state.
+#[test]
+fn a_burst_of_changes_is_batched_by_the_min_sync_period() {
+    let mut lab = ApiLab::new("api-burst", 3);
+    echo(&lab.api, &[1]);
+    lab.start_agent_with("1s");
+    lab.wait_backends(vip(), &[1]);
+    let changes = 30;
+    let burst = Instant::now();
+    for i in 0..changes {
+        set_endpoints(&lab.api, if i % 2 == 0 { &[1, 2] } else { &[2, 3] });
+    }
+    // Every change reached the agent (counted), and the last one is programmed.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, text) = lab.get(METRICS, "/metrics");
+        let seen: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_endpoint_changes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if seen >= changes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seen} endpoint changes counted\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    lab.wait_backends(vip(), &[2, 3]);
+    // At most one sync per second since the burst began (plus the one it starts at once).
+    let syncs = lab.log().matches("reason=\"API changes\"").count();
+    let allowed = 2 + burst.elapsed().as_secs() as usize;
+    assert!(
+        (1..=allowed).contains(&syncs),
+        "{changes} changes took {syncs} syncs in {:?}\n{}",
+        burst.elapsed(),
+        lab.log()
+    );
+    assert_spread(&lab, 40, &["b2", "b3"]);
 }
