@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -24,9 +24,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{
-    Backend, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey, ALL_MAPS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS, MAP_BACKENDS,
-    MAP_CT, MAP_FE_STATS, MAP_FRONTENDS, MAP_SLOTS,
+    Backend, CtEntry, CtKey, Frontend, FrontendKey, FrontendStats, Slot, SlotKey, SrcRange,
+    ALL_MAPS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
+    MAP_BACKENDS, MAP_CT, MAP_FE_STATS, MAP_FRONTENDS, MAP_SLOTS, MAP_SRC_RANGES,
 };
 use tracing::{debug, info, warn};
 
@@ -295,6 +295,28 @@ impl Dataplane {
                     typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?.remove(k),
                     MAP_SLOTS,
                 )?,
+                MapOp::PutSrcRange(id, addr, len) => {
+                    let map = self
+                        .ebpf
+                        .map_mut(MAP_SRC_RANGES)
+                        .ok_or_else(|| missing(MAP_SRC_RANGES))?;
+                    let mut trie: LpmTrie<_, SrcRange, u32> =
+                        LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
+                    trie.insert(&src_range_key(*id, *addr, *len), 1, 0)
+                        .map_err(map_err(MAP_SRC_RANGES))?;
+                }
+                MapOp::DelSrcRange(id, addr, len) => {
+                    let map = self
+                        .ebpf
+                        .map_mut(MAP_SRC_RANGES)
+                        .ok_or_else(|| missing(MAP_SRC_RANGES))?;
+                    let mut trie: LpmTrie<_, SrcRange, u32> =
+                        LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
+                    remove_ok_if_absent(
+                        trie.remove(&src_range_key(*id, *addr, *len)),
+                        MAP_SRC_RANGES,
+                    )?;
+                }
                 MapOp::DelBackend(id) => remove_ok_if_absent(
                     typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?.remove(id),
                     MAP_BACKENDS,
@@ -601,6 +623,17 @@ fn remove_ok_if_absent(r: Result<(), aya::maps::MapError>, name: &'static str) -
     }
 }
 
+/// The LPM key of a source range of frontend `id`.
+fn src_range_key(id: u32, addr_be: u32, len: u8) -> lpm_trie::Key<SrcRange> {
+    lpm_trie::Key::new(
+        32 + u32::from(len),
+        SrcRange {
+            frontend_id_be: id.to_be(),
+            addr_be,
+        },
+    )
+}
+
 /// Reads the service maps through `get` (loaded maps or pinned ones).
 pub fn read_entries<'a>(get: impl Fn(&'static str) -> Option<&'a Map>) -> Result<Entries> {
     let mut out = Entries::default();
@@ -624,6 +657,16 @@ pub fn read_entries<'a>(get: impl Fn(&'static str) -> Option<&'a Map>) -> Result
     for kv in backends.iter() {
         let (k, v) = kv.map_err(map_err(MAP_BACKENDS))?;
         out.backends.insert(k, v);
+    }
+    let ranges: LpmTrie<_, SrcRange, u32> =
+        LpmTrie::try_from(get(MAP_SRC_RANGES).ok_or_else(|| missing(MAP_SRC_RANGES))?)
+            .map_err(map_err(MAP_SRC_RANGES))?;
+    for k in ranges.keys() {
+        let k = k.map_err(map_err(MAP_SRC_RANGES))?;
+        let len = k.prefix_len().saturating_sub(32) as u8;
+        let d = k.data();
+        out.src_ranges
+            .insert((u32::from_be(d.frontend_id_be), d.addr_be, len));
     }
     Ok(out)
 }

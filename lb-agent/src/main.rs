@@ -89,6 +89,10 @@ enum Cmd {
         /// Full resync against the kernel's maps this often, e.g. 60s.
         #[arg(long, default_value = "60s", value_parser = humantime_ms)]
         resync_period: Duration,
+        /// Enforce a Service's loadBalancerSourceRanges on its NodePorts too, not only on its
+        /// load-balancer IPs.
+        #[arg(long)]
+        nodeport_source_ranges: bool,
     },
     /// Print what kube-proxy would program for a node, as JSON.
     Plan {
@@ -161,6 +165,7 @@ fn real_main() -> Result<u8> {
             max_frontends,
             min_sync_period,
             resync_period,
+            nodeport_source_ranges,
         } => {
             let pod_patterns = pod_interfaces
                 .iter()
@@ -207,6 +212,7 @@ fn real_main() -> Result<u8> {
                 },
                 min_sync_period,
                 resync_period,
+                nodeport_source_ranges,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

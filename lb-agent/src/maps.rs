@@ -12,8 +12,8 @@ use std::{
 };
 
 use lb_common::maps::{
-    Backend, Frontend, FrontendKey, Slot, SlotKey, FE_F_REJECT_EMPTY, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
+    Backend, Frontend, FrontendKey, Slot, SlotKey, FE_F_REJECT_EMPTY, FE_F_SOURCE_RANGES,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -27,6 +27,8 @@ pub struct Entries {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
     pub slots: BTreeMap<SlotKey, Slot>,
     pub backends: BTreeMap<u32, Backend>,
+    /// loadBalancerSourceRanges: (frontend id, prefix address (network order), prefix length).
+    pub src_ranges: BTreeSet<(u32, u32, u8)>,
 }
 
 /// One map write. [`diff`] orders them so that no packet sees a half-built frontend.
@@ -34,12 +36,15 @@ pub struct Entries {
 pub enum MapOp {
     PutBackend(u32, Backend),
     PutSlot(SlotKey, Slot),
+    /// Allow a source prefix (address network order, length) to frontend id.
+    PutSrcRange(u32, u32, u8),
     /// Zero a frontend id's counters before the id is first used.
     ResetStats(u32),
     PutFrontend(FrontendKey, Frontend),
     DelFrontend(FrontendKey),
     DelSlot(SlotKey),
     DelBackend(u32),
+    DelSrcRange(u32, u32, u8),
 }
 
 /// Why a plan frontend has no map entry.
@@ -131,6 +136,8 @@ impl IdPool {
 /// Id assignments kept across syncs.
 #[derive(Clone, Debug)]
 pub struct Ids {
+    /// Enforce loadBalancerSourceRanges on NodePort frontends too (not only LoadBalancer).
+    pub nodeport_source_ranges: bool,
     frontend_ids: BTreeMap<FrontendKey, u32>,
     backend_ids: BTreeMap<BackendIdent, u32>,
     frontends: IdPool,
@@ -148,6 +155,7 @@ impl Ids {
     /// No ids assigned yet.
     pub fn new(cap: Capacity) -> Self {
         Self {
+            nodeport_source_ranges: false,
             frontend_ids: BTreeMap::new(),
             backend_ids: BTreeMap::new(),
             frontends: IdPool::new(cap.frontends),
@@ -326,10 +334,20 @@ fn frontend_entries(
             },
         );
     }
-    let flags = match fe.on_empty {
+    let mut flags = match fe.on_empty {
         Some(OnEmpty::Reject) => FE_F_REJECT_EMPTY,
         _ => 0,
     };
+    let enforce = fe.kind == FrontendKind::LoadBalancer
+        || (fe.kind == FrontendKind::NodePort && ids.nodeport_source_ranges);
+    if enforce && !fe.source_ranges.is_empty() {
+        flags |= FE_F_SOURCE_RANGES;
+        for r in &fe.source_ranges {
+            if let IpAddr::V4(a) = r.addr {
+                out.src_ranges.insert((id, raw_v4(a), r.prefix_len));
+            }
+        }
+    }
     out.frontends.insert(
         key,
         Frontend {
@@ -343,8 +361,8 @@ fn frontend_entries(
 }
 
 /// The writes that turn `current` into `desired`, in an order that never shows a packet a
-/// half-built frontend: backends, then slots, then frontends are added or changed; then
-/// frontends, slots and backends are deleted. A frontend therefore only ever points at slots
+/// half-built frontend: backends, then slots and source ranges, then frontends are added or
+/// changed; then frontends, slots, backends and source ranges are deleted. A frontend therefore only ever points at slots
 /// and backends that exist.
 pub fn diff(current: &Entries, desired: &Entries) -> Vec<MapOp> {
     let mut ops = Vec::new();
@@ -357,6 +375,9 @@ pub fn diff(current: &Entries, desired: &Entries) -> Vec<MapOp> {
         if current.slots.get(k) != Some(s) {
             ops.push(MapOp::PutSlot(*k, *s));
         }
+    }
+    for (id, addr, len) in desired.src_ranges.difference(&current.src_ranges) {
+        ops.push(MapOp::PutSrcRange(*id, *addr, *len));
     }
     let current_ids: BTreeSet<u32> = current.frontends.values().map(|f| f.id).collect();
     for (k, f) in &desired.frontends {
@@ -381,6 +402,9 @@ pub fn diff(current: &Entries, desired: &Entries) -> Vec<MapOp> {
         if !desired.backends.contains_key(id) {
             ops.push(MapOp::DelBackend(*id));
         }
+    }
+    for (id, addr, len) in current.src_ranges.difference(&desired.src_ranges) {
+        ops.push(MapOp::DelSrcRange(*id, *addr, *len));
     }
     ops
 }
@@ -407,6 +431,12 @@ pub fn apply_in_memory(entries: &mut Entries, ops: &[MapOp]) {
             }
             MapOp::DelBackend(id) => {
                 entries.backends.remove(id);
+            }
+            MapOp::PutSrcRange(id, addr, len) => {
+                entries.src_ranges.insert((*id, *addr, *len));
+            }
+            MapOp::DelSrcRange(id, addr, len) => {
+                entries.src_ranges.remove(&(*id, *addr, *len));
             }
         }
     }
@@ -447,6 +477,9 @@ pub fn dump(e: &Entries) -> String {
             b.proto
         );
     }
+    for (id, a, len) in &e.src_ranges {
+        let _ = writeln!(out, "source-range {id} {}/{len}", addr(*a, 0).ip());
+    }
     out
 }
 
@@ -466,6 +499,7 @@ mod tests {
             backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
             on_empty: backends.is_empty().then_some(OnEmpty::Reject),
             affinity_timeout_seconds: None,
+            source_ranges: Vec::new(),
         }
     }
 
@@ -565,11 +599,13 @@ backend 3 10.244.0.11:53/17
         let rank = |op: &MapOp| match op {
             MapOp::PutBackend(..) => 0,
             MapOp::PutSlot(..) => 1,
+            MapOp::PutSrcRange(..) => 1,
             MapOp::ResetStats(_) => 2,
             MapOp::PutFrontend(..) => 3,
             MapOp::DelFrontend(_) => 4,
             MapOp::DelSlot(_) => 5,
             MapOp::DelBackend(_) => 6,
+            MapOp::DelSrcRange(..) => 7,
         };
         assert!(
             ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
@@ -708,6 +744,7 @@ mod maglev_tests {
             backends: backends.clone(),
             on_empty: None,
             affinity_timeout_seconds: None,
+            source_ranges: Vec::new(),
         };
         let p = Plan {
             frontends: vec![
@@ -733,5 +770,66 @@ mod maglev_tests {
         }
         assert_eq!(share.len(), 3);
         assert!(share.values().all(|n| (169..=170).contains(n)), "{share:?}");
+    }
+}
+
+#[cfg(test)]
+mod source_range_tests {
+    use super::*;
+    use crate::plan::SourceRange;
+
+    /// Test that loadBalancerSourceRanges are programmed for LoadBalancer frontends only, and
+    /// for NodePorts when asked, written before the frontend that needs them.
+    #[test]
+    fn source_ranges_guard_load_balancer_frontends_and_nodeports_on_request() {
+        let mk = |kind, ip: &str| plan::Frontend {
+            service: "ns/svc".into(),
+            port_name: String::new(),
+            kind,
+            ip: ip.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            backends: vec!["10.244.0.1:80".parse().unwrap()],
+            on_empty: None,
+            affinity_timeout_seconds: None,
+            source_ranges: vec![SourceRange::parse("192.168.7.0/24").unwrap()],
+        };
+        let p = Plan {
+            frontends: vec![
+                mk(FrontendKind::LoadBalancer, "203.0.113.7"),
+                mk(FrontendKind::NodePort, "172.18.0.10"),
+            ],
+        };
+        let cap = Capacity {
+            frontends: 8,
+            backends: 8,
+        };
+        let flagged = |e: &Entries| {
+            e.frontends
+                .values()
+                .filter(|f| f.flags & FE_F_SOURCE_RANGES != 0)
+                .count()
+        };
+        let (e, _) = desired(&p, &mut Ids::new(cap));
+        assert_eq!((flagged(&e), e.src_ranges.len()), (1, 1));
+        assert!(
+            dump(&e).contains("source-range 1 192.168.7.0/24"),
+            "{}",
+            dump(&e)
+        );
+        let mut ids = Ids::new(cap);
+        ids.nodeport_source_ranges = true;
+        let (e2, _) = desired(&p, &mut ids);
+        assert_eq!((flagged(&e2), e2.src_ranges.len()), (2, 2));
+        let ops = diff(&Entries::default(), &e2);
+        let first_frontend = ops
+            .iter()
+            .position(|o| matches!(o, MapOp::PutFrontend(..)))
+            .unwrap();
+        let last_range = ops
+            .iter()
+            .rposition(|o| matches!(o, MapOp::PutSrcRange(..)))
+            .unwrap();
+        assert!(last_range < first_frontend, "{ops:?}");
     }
 }

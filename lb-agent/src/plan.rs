@@ -43,6 +43,46 @@ pub struct Frontend {
     /// What to do when `backends` is empty; None when it is not.
     pub on_empty: Option<OnEmpty>,
     pub affinity_timeout_seconds: Option<u32>,
+    /// spec.loadBalancerSourceRanges of this frontend's family, on LoadBalancer and NodePort
+    /// frontends (the dataplane enforces them on LoadBalancer frontends, and on NodePorts
+    /// when asked). Not part of the plan's JSON interface.
+    #[serde(skip)]
+    pub source_ranges: Vec<SourceRange>,
+}
+
+/// A source prefix allowed by loadBalancerSourceRanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl SourceRange {
+    /// Parses "10.0.0.0/8" (surrounding spaces allowed; host bits are cleared).
+    pub fn parse(text: &str) -> Option<SourceRange> {
+        let (addr, len) = text.trim().split_once('/')?;
+        let addr: IpAddr = addr.trim().parse().ok()?;
+        let prefix_len: u8 = len.trim().parse().ok()?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix_len > bits {
+            return None;
+        }
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Some(SourceRange { addr, prefix_len })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -344,6 +384,7 @@ struct PortInfo {
     cluster_ip: IpAddr,
     external_ips: Vec<IpAddr>,
     load_balancer_vips: Vec<IpAddr>,
+    source_ranges: Vec<SourceRange>,
     affinity_timeout: Option<u32>,
     external_policy_local: bool,
     internal_policy_local: bool,
@@ -376,6 +417,7 @@ struct ServiceInfo<'a> {
     cluster_ips: Vec<IpAddr>,
     external_ips: Vec<IpAddr>,
     load_balancer_vips: Vec<IpAddr>,
+    source_ranges: Vec<SourceRange>,
     affinity_timeout: Option<u32>,
     external_policy_local: bool,
     internal_policy_local: bool,
@@ -562,6 +604,22 @@ fn service_info<'a>(
         externally_accessible_type && spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
 
+    // spec.loadBalancerSourceRanges (serviceport.go: MapCIDRsByIPFamily skips what does not
+    // parse; the annotation is for cloud providers and not read by kube-proxy).
+    let mut source_ranges = Vec::new();
+    for text in spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default()
+    {
+        match SourceRange::parse(text) {
+            Some(r) => source_ranges.push(r),
+            None => invalid(format!(
+                "invalid loadBalancerSourceRanges entry {text:?}; that range skipped"
+            )),
+        }
+    }
+
     Some(ServiceInfo {
         key,
         namespace: namespace_of(&service.metadata),
@@ -569,6 +627,7 @@ fn service_info<'a>(
         cluster_ips,
         external_ips,
         load_balancer_vips,
+        source_ranges,
         affinity_timeout,
         external_policy_local,
         internal_policy_local,
@@ -637,6 +696,12 @@ fn port_info(
             .iter()
             .copied()
             .filter(|ip| Family::of(ip) == family)
+            .collect(),
+        source_ranges: info
+            .source_ranges
+            .iter()
+            .copied()
+            .filter(|r| Family::of(&r.addr) == family)
             .collect(),
         affinity_timeout: info.affinity_timeout,
         external_policy_local: info.external_policy_local,
@@ -939,6 +1004,11 @@ fn emit_frontends(
             backends,
             on_empty,
             affinity_timeout_seconds: port.affinity_timeout,
+            source_ranges: if matches!(kind, FrontendKind::LoadBalancer | FrontendKind::NodePort) {
+                port.source_ranges.clone()
+            } else {
+                Vec::new()
+            },
         }
     };
 
@@ -1188,6 +1258,7 @@ mod tests {
             cluster_ip: "10.96.0.1".parse().unwrap(),
             external_ips: Vec::new(),
             load_balancer_vips: Vec::new(),
+            source_ranges: Vec::new(),
             affinity_timeout: None,
             external_policy_local: external_local,
             internal_policy_local: internal_local,
@@ -1327,5 +1398,63 @@ mod tests {
             assert_eq!(addrs(&got.local), local, "{name}: local endpoints");
             assert_eq!(got.has_any, has_any, "{name}: hasAnyEndpoints");
         }
+    }
+}
+
+#[cfg(test)]
+mod source_range_tests {
+    use super::*;
+
+    /// Test that spec.loadBalancerSourceRanges reach the LoadBalancer and NodePort frontends of
+    /// their family (host bits cleared, spaces trimmed), not the ClusterIP, and that a bad
+    /// entry is reported and skipped (serviceport.go, MapCIDRsByIPFamily).
+    #[test]
+    fn load_balancer_source_ranges_reach_external_frontends_of_their_family() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.9
+  clusterIPs: [10.96.0.9]
+  loadBalancerSourceRanges: [" 192.168.7.9/24", "fd00::/8", "nonsense"]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 80, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 203.0.113.7}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status:
+  addresses: [{type: InternalIP, address: 172.18.0.10}]
+"#;
+        let mut snapshot = Snapshot::default();
+        let mut diagnostics = Vec::new();
+        crate::source::load_text(
+            yaml,
+            std::path::Path::new("t.yaml"),
+            &mut snapshot,
+            &mut diagnostics,
+        );
+        let out = plan(&snapshot, "n1");
+        assert!(
+            out.diagnostics
+                .iter()
+                .any(|d| d.reason.contains("nonsense")),
+            "{:?}",
+            out.diagnostics
+        );
+        let want = vec![SourceRange::parse("192.168.7.0/24").unwrap()];
+        for f in &out.plan.frontends {
+            match f.kind {
+                FrontendKind::LoadBalancer | FrontendKind::NodePort => {
+                    assert_eq!(f.source_ranges, want, "{f:?}")
+                }
+                _ => assert!(f.source_ranges.is_empty(), "{f:?}"),
+            }
+        }
+        assert_eq!(out.plan.frontends.len(), 3);
     }
 }

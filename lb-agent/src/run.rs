@@ -49,6 +49,8 @@ pub struct RunConfig {
     pub min_sync_period: Duration,
     /// A full resync against what the kernel holds, this often.
     pub resync_period: Duration,
+    /// Enforce loadBalancerSourceRanges on NodePort frontends too.
+    pub nodeport_source_ranges: bool,
     /// /healthz and /livez; None: not served.
     pub healthz_bind_address: Option<SocketAddr>,
     /// /metrics; None: not served.
@@ -396,7 +398,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         frontends: cfg.sizes.frontends,
         backends: cfg.sizes.backends,
     };
-    let ids = Ids::adopt(cap, &current);
+    let mut ids = Ids::adopt(cap, &current);
+    ids.nodeport_source_ranges = cfg.nodeport_source_ranges;
     for d in &cfg.selector.devices {
         if crate::dataplane::ifindex(d).is_none() {
             warn!(

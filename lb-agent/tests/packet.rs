@@ -61,6 +61,7 @@ fn frontend(port: u16, protocol: Protocol, backends: &[&str]) -> Frontend {
             .collect(),
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -692,4 +693,43 @@ fn without_affinity_one_clients_flows_spread() {
         ));
     }
     assert_eq!(seen.len(), 3);
+}
+
+/// Test that a LoadBalancer frontend with loadBalancerSourceRanges admits sources inside the
+/// ranges (longest-prefix matched) and drops the others, counted; a frontend without ranges
+/// admits all.
+#[test]
+fn load_balancer_source_ranges_admit_listed_sources_only() {
+    const LB_IP: [u8; 4] = [203, 0, 113, 7];
+    let mut fe = frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]);
+    fe.kind = FrontendKind::LoadBalancer;
+    fe.ip = Ipv4Addr::from(LB_IP).into();
+    fe.source_ranges = vec![
+        lb_agent::plan::SourceRange::parse("192.168.7.0/24").unwrap(),
+        lb_agent::plan::SourceRange::parse("10.1.2.3/32").unwrap(),
+    ];
+    let mut f = Fixture::new(vec![fe, frontend(80, Protocol::Tcp, &["10.244.0.11:8080"])]);
+    for hook in HOOKS {
+        for (src, allowed) in [
+            ([192, 168, 7, 200], true),
+            ([10, 1, 2, 3], true),
+            ([10, 1, 2, 4], false),
+            ([192, 168, 8, 1], false),
+        ] {
+            let (verdict, out) = f.run(hook, &tcp(src, 5555, LB_IP, 80, true));
+            if allowed {
+                assert_eq!(
+                    dst_of(&out).to_string(),
+                    "10.244.0.11:8080",
+                    "{hook:?} {src:?}"
+                );
+            } else {
+                assert_eq!(verdict, drop_(hook), "{hook:?} {src:?}");
+            }
+        }
+        // The ClusterIP frontend of the same backends has no ranges.
+        let (_, out) = f.run(hook, &tcp([10, 1, 2, 4], 5556, VIP, 80, true));
+        assert_eq!(dst_of(&out).to_string(), "10.244.0.11:8080");
+    }
+    assert_eq!(f.verdict(Reason::DropSourceRange), 2 * HOOKS.len() as u64);
 }

@@ -18,12 +18,15 @@ pub const MAP_VERDICTS: &str = "LB_VERDICTS";
 pub const MAP_FE_STATS: &str = "LB_FE_STATS";
 /// `LB_AFFINITY`: LRU hash, [`AffinityKey`] -> [`Affinity`]. sessionAffinity ClientIP.
 pub const MAP_AFFINITY: &str = "LB_AFFINITY";
+/// `LB_SRC_RANGES`: LPM trie, [`SrcRange`] (with a prefix length) -> u32 (1). Sources
+/// allowed to reach frontends with [`FE_F_SOURCE_RANGES`] (loadBalancerSourceRanges).
+pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
 /// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How node-device
 /// packets left XDP.
 pub const MAP_PATHS: &str = "LB_PATHS";
 
 /// Every map, in the order the agent pins and removes them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -32,6 +35,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_FE_STATS,
     MAP_AFFINITY,
     MAP_PATHS,
+    MAP_SRC_RANGES,
 ];
 
 /// Default capacity of `LB_FRONTENDS`; also bounds frontend ids (`LB_FE_STATS` has one more entry).
@@ -42,6 +46,8 @@ pub const DEFAULT_MAX_SLOTS: u32 = 1 << 20;
 pub const DEFAULT_MAX_BACKENDS: u32 = 1 << 20;
 /// Default capacity of `LB_CT` (two entries per flow).
 pub const DEFAULT_MAX_CT: u32 = 1 << 20;
+/// Default capacity of `LB_SRC_RANGES`.
+pub const DEFAULT_MAX_SRC_RANGES: u32 = 16_384;
 /// Default capacity of `LB_AFFINITY`.
 pub const DEFAULT_MAX_AFFINITY: u32 = 1 << 18;
 
@@ -70,6 +76,22 @@ pub struct FrontendKey {
 /// [`Frontend::flags`]: when the frontend has no backends, reject (ICMP unreachable / TCP RST)
 /// rather than drop.
 pub const FE_F_REJECT_EMPTY: u32 = 1;
+
+/// [`Frontend::flags`]: only sources in the frontend's `LB_SRC_RANGES` entries may reach it
+/// (loadBalancerSourceRanges); others are dropped.
+pub const FE_F_SOURCE_RANGES: u32 = 2;
+
+/// The data of an `LB_SRC_RANGES` key: a frontend and a source prefix. The LPM prefix length
+/// is 32 (the whole frontend id) plus the source prefix's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SrcRange {
+    /// [`Frontend::id`], big-endian so the trie matches it first, byte by byte.
+    pub frontend_id_be: u32,
+    /// Source address prefix, network order.
+    pub addr_be: u32,
+}
 
 /// What a frontend does with a packet.
 #[repr(C)]
@@ -276,6 +298,7 @@ assert_size!(
     Backend => 12,
     CtKey => 16,
     CtEntry => 40,
+    SrcRange => 8,
     AffinityKey => 8,
     Affinity => 16,
     Counter => 16,
@@ -294,6 +317,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for SrcRange {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for Counter {}

@@ -36,10 +36,12 @@ pub enum Reason {
     RejectDropped = 13,
     /// New flow to a backend behind another node, and no SNAT port was free: dropped.
     DropSnatExhausted = 14,
+    /// The source is outside the frontend's loadBalancerSourceRanges: dropped.
+    DropSourceRange = 15,
 }
 
 /// Number of reasons; the size of the verdict array.
-pub const REASON_COUNT: u32 = 15;
+pub const REASON_COUNT: u32 = 16;
 
 impl Reason {
     /// Every reason, in index order.
@@ -59,6 +61,7 @@ impl Reason {
         Reason::AbortRewrite,
         Reason::RejectDropped,
         Reason::DropSnatExhausted,
+        Reason::DropSourceRange,
     ];
 
     /// Stable snake_case name, used in `inspect` output and metric labels.
@@ -79,6 +82,7 @@ impl Reason {
             Reason::AbortRewrite => "abort_rewrite",
             Reason::RejectDropped => "reject_dropped",
             Reason::DropSnatExhausted => "drop_snat_exhausted",
+            Reason::DropSourceRange => "drop_source_range",
         }
     }
 }

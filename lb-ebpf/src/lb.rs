@@ -1,12 +1,13 @@
 //! The load-balancing decision, independent of the hook: frontend lookup, backend choice,
 //! conntrack, and which address and port to rewrite.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
 use lb_common::{
     hash::{flow_hash, slot_of},
     maps::{
-        Affinity, AffinityKey, Backend, Frontend, FrontendKey, SlotKey, CT_DIR_ORIGINAL,
-        CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY, HAIRPIN_ADDR, PROTO_TCP,
+        Affinity, AffinityKey, Backend, Frontend, FrontendKey, SlotKey, SrcRange, CT_DIR_ORIGINAL,
+        CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY, FE_F_SOURCE_RANGES, HAIRPIN_ADDR,
+        PROTO_TCP,
     },
     verdict::Reason,
 };
@@ -14,7 +15,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, NewFlow},
     hook::Hook,
-    maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS},
+    maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS, LB_SRC_RANGES},
     parse::{Headers, TCP_ACK, TCP_SYN},
     stats::count_frontend,
 };
@@ -126,6 +127,10 @@ pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> (Reason, Action) {
 
 #[inline(always)]
 fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
+    if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed(fe.id, h.saddr) {
+        count_frontend(fe.id, len, false);
+        return (Reason::DropSourceRange, Action::Drop);
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let is_syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_ORIGINAL)) {
@@ -201,6 +206,19 @@ fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reas
         Reason::DnatNewUntracked
     };
     (reason, Action::Rewrite(dnat))
+}
+
+/// Whether `saddr` is in one of frontend `fe_id`'s source ranges.
+#[inline(always)]
+fn source_allowed(fe_id: u32, saddr: u32) -> bool {
+    let key = Key::new(
+        64,
+        SrcRange {
+            frontend_id_be: fe_id.to_be(),
+            addr_be: saddr,
+        },
+    );
+    LB_SRC_RANGES.get(&key).is_some()
 }
 
 /// The backend `id` if it (still) belongs to frontend `fe_id`.

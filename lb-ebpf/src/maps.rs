@@ -3,14 +3,14 @@
 //! Capacities here are defaults: the agent sets the real ones at load time.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     maps::{
         Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, Frontend, FrontendKey,
-        FrontendStats, Slot, SlotKey, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT,
-        DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS,
+        FrontendStats, Slot, SlotKey, SrcRange, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS,
+        DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SRC_RANGES,
     },
     verdict::{PATH_COUNT, REASON_COUNT},
 };
@@ -49,3 +49,8 @@ pub static LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { DEFAULT_MAX_AFFINITY
 /// Packets and bytes per path out of XDP on node devices (lb_common::verdict::Path), per CPU.
 #[btf_map]
 pub static LB_PATHS: PerCpuArray<Counter, { PATH_COUNT as usize }> = PerCpuArray::new();
+
+/// loadBalancerSourceRanges: (frontend id, source prefix) -> 1, longest-prefix matched.
+#[btf_map]
+pub static LB_SRC_RANGES: LpmTrie<SrcRange, u32, { DEFAULT_MAX_SRC_RANGES as usize }> =
+    LpmTrie::new();
