@@ -41,6 +41,33 @@ pub fn lb_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
+/// Benchmark floor (`cargo xtask bench packet`): exactly one `LB_FRONTENDS` lookup, keyed by
+/// the IPv4 destination address and the TCP destination port at fixed offsets of an untagged
+/// Ethernet frame without IP options, then XDP_PASS whatever it finds. Never attached.
+#[xdp]
+pub fn lb_lookup1(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let (Some(daddr), Some(dport)) = (
+        parse::ptr_at::<u32>(start, end, parse::ETH_LEN + 16),
+        parse::ptr_at::<u16>(start, end, parse::ETH_LEN + 20 + 2),
+    ) else {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    };
+    // SAFETY: both pointers were bounds-checked against the packet by ptr_at.
+    let key = unsafe {
+        lb_common::maps::FrontendKey {
+            addr_be: daddr.read_unaligned(),
+            port_be: dport.read_unaligned(),
+            proto: lb_common::maps::PROTO_TCP,
+            scope: 0,
+        }
+    };
+    // SAFETY: the value is only tested for presence, never read.
+    let found = unsafe { maps::LB_FRONTENDS.get(&key) }.is_some();
+    core::hint::black_box(found);
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 /// tcx ingress on the host side of pod interfaces (the default pod hook).
 #[classifier]
 pub fn lb_tc(ctx: TcContext) -> i32 {
