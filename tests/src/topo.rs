@@ -15,9 +15,12 @@
 //! joins several nodes and an external client through a bridge in a fabric namespace.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::bpffs::BpffsGuard;
 use crate::netns::NetNs;
 use crate::traffic::{TcpMode, TcpServer, UdpServer};
 
@@ -286,6 +289,37 @@ impl Cluster {
     /// The fabric namespace holding the bridge `br0` (for captures, or to break links).
     pub fn fabric(&self) -> &NetNs {
         &self.fabric
+    }
+
+    /// Makes the fabric's ports behave as a wire for XDP: attaches the pass-through program
+    /// `lb_pass` of the eBPF `object` (loaded into `bpffs`) to every fabric-side veth.
+    ///
+    /// A veth receives what its peer transmits with XDP_TX only when it runs NAPI, which an XDP
+    /// program turns on; a real NIC's link partner needs nothing. Without this, a node's XDP_TX
+    /// into its NIC (a veth here) would be lost.
+    pub fn attach_wire_xdp(&self, object: &Path, bpffs: &BpffsGuard) -> Result<()> {
+        let progs = bpffs.path().join("wire");
+        let out = Command::new("bpftool")
+            .args(["prog", "loadall"])
+            .arg(object)
+            .arg(&progs)
+            .output()
+            .context("running bpftool")?;
+        if !out.status.success() {
+            bail!(
+                "bpftool prog loadall: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let pass = progs.join("lb_pass");
+        let pass = pass.to_str().context("bpffs path is not UTF-8")?;
+        let mut ports = vec!["ext".to_owned()];
+        ports.extend((0..self.nodes.len()).map(|i| format!("n{i}")));
+        for port in &ports {
+            self.fabric
+                .ip(&["link", "set", "dev", port, "xdpdrv", "pinned", pass])?;
+        }
+        Ok(())
     }
 }
 

@@ -117,33 +117,9 @@ impl Lab {
             let p = cluster.node(node).pod(pod);
             servers.push((p.tcp_server(8080)?, p.udp_server(5353)?));
         }
-        // The fabric's ports play the wire: with an XDP program they receive what a node's
-        // XDP program transmits (XDP_TX) into its NIC's veth.
+        // The fabric's ports play the wire, receiving what the nodes' XDP sends (XDP_TX).
         let wire = BpffsGuard::new(&format!("{tag}-wire"))?;
-        let progs = wire.path().join("p");
-        let obj = workspace().join("target/bpf/lb-ebpf.o");
-        let out = Command::new("bpftool")
-            .args(["prog", "loadall"])
-            .arg(&obj)
-            .arg(&progs)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "bpftool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pass = progs.join("lb_pass");
-        for port in ["n0", "n1", "ext"] {
-            cluster.fabric().ip(&[
-                "link",
-                "set",
-                "dev",
-                port,
-                "xdpdrv",
-                "pinned",
-                pass.to_str().context("path")?,
-            ])?;
-        }
+        cluster.attach_wire_xdp(&workspace().join("target/bpf/lb-ebpf.o"), &wire)?;
         let manifests = TempDir::new(&format!("{tag}-m"))?;
         let a1 = ("10.244.0.11", "node-0");
         let b1 = ("10.244.1.11", "node-1");

@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lb_tests::{tcp_spread, udp_spread, BpffsGuard, Node, Spread, TempDir, POD_IFACE_GLOB};
+use lb_tests::{
+    tcp_spread, udp_spread, BpffsGuard, Client, Cluster, Node, Spread, TempDir, POD_IFACE_GLOB,
+};
 
 use crate::build::{self, root};
 
@@ -210,6 +212,114 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     {
         bail!("the demo saw failures:\n{}", child.logs());
     }
-    println!("\nDemo done: namespaces, pins and the bpffs mount are removed on exit.");
+    drop(node);
+    two_nodes(&agent, opts)?;
+    println!("\nDemo done: namespaces, pins and the bpffs mounts are removed on exit.");
+    Ok(())
+}
+/// Part two: two nodes and an external client; NodePort traffic from outside on the NICs' XDP.
+fn two_nodes(agent: &Path, opts: &DemoOpts) -> Result<()> {
+    title("Two nodes: node-0 (web-1) and node-1 (web-2, web-3) on a fabric bridge, an external client 172.18.0.100");
+    let mut cluster = Cluster::new("demo2", 2)?;
+    cluster.node_mut(0).add_pod("web-1", [10, 244, 0, 11])?;
+    cluster.node_mut(1).add_pod("web-2", [10, 244, 1, 11])?;
+    cluster.node_mut(1).add_pod("web-3", [10, 244, 1, 12])?;
+    let mut servers = Vec::new();
+    for (node, pod) in [(0, "web-1"), (1, "web-2"), (1, "web-3")] {
+        servers.push(cluster.node(node).pod(pod).tcp_server(8080)?);
+    }
+    // The fabric's ports play the wire for XDP_TX (see lb_tests::Cluster::attach_wire_xdp).
+    let wire = BpffsGuard::new("demo2-wire")?;
+    cluster.attach_wire_xdp(&build::ebpf_object(), &wire)?;
+    let manifests = root().join("examples/two-nodes");
+    let mut agents = Vec::new();
+    let mut pins = Vec::new();
+    for i in 0..2u8 {
+        let fs = BpffsGuard::new(&format!("demo2-n{i}"))?;
+        let mut cmd = Command::new(agent);
+        cmd.args(["run", "--node", &format!("node-{i}"), "--devices", "eth0"])
+            .args([
+                "--pod-interfaces",
+                POD_IFACE_GLOB,
+                "--pod-hook",
+                &opts.pod_hook,
+            ])
+            .arg("--manifests")
+            .arg(&manifests)
+            .arg("--bpffs")
+            .arg(fs.path())
+            .args(["--healthz-bind-address", "", "--metrics-bind-address", ""]);
+        let mut child = cluster.node(i).ns().spawn(&format!("agent-{i}"), &cmd)?;
+        child
+            .wait_for_output("running", Duration::from_secs(20))
+            .with_context(|| format!("agent on node-{i} did not start:\n{}", child.logs()))?;
+        agents.push(child);
+        pins.push(fs);
+    }
+    println!("  lb-agent run --node node-N --devices eth0 --pod-interfaces 'lxc*' --manifests examples/two-nodes");
+
+    let nodeport: SocketAddr = "172.18.0.10:30080".parse()?;
+    title(&format!(
+        "Traffic: {} new TCP connections from the external client to node-0's NodePort {nodeport}",
+        opts.connections
+    ));
+    let client = Client::new(cluster.external()).timeout(Duration::from_secs(2));
+    let s = client.tcp_spread(nodeport, opts.connections);
+    histogram("NodePort", &s);
+    let mut seen = std::collections::BTreeMap::new();
+    for port in 41000..41030u16 {
+        let r = Client::new(cluster.external())
+            .bind(SocketAddr::new([172, 18, 0, 100].into(), port))
+            .tcp(nodeport, "who am I to you")?;
+        seen.insert(r.identity, r.client_seen.ip());
+    }
+    for (backend, addr) in &seen {
+        let why = if addr.to_string() == "172.18.0.100" {
+            "the client itself: the backend is on node-0"
+        } else {
+            "node-0's address: SNAT, the backend is behind node-1"
+        };
+        println!("  {backend} saw the client as {addr} ({why})");
+    }
+
+    title("A NodePort without endpoints: rejected from XDP (ICMP port unreachable)");
+    let started = Instant::now();
+    let refused = client.tcp("172.18.0.10:30081".parse()?, "hello");
+    println!(
+        "  connect: {} after {:.2} ms",
+        match &refused {
+            Ok(_) => "answered?".to_owned(),
+            Err(e) => format!("{}", e.root_cause()),
+        },
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+
+    title("lb-agent inspect on node-0 (verdicts and paths)");
+    let agent_s = agent.to_str().context("agent path")?;
+    let bpffs0 = pins[0].path().to_str().context("path")?;
+    let out = cluster.node(0).ns().run(
+        agent_s,
+        &["inspect", "--bpffs", bpffs0, "--conntrack-limit", "4"],
+    )?;
+    for line in out.lines().skip_while(|l| !l.starts_with("Verdicts")) {
+        println!("{line}");
+    }
+    println!(
+        "  (pass_partial: these veths carry CHECKSUM_PARTIAL packets, which XDP hands to the\n   \
+         stack after rewriting them; from a real NIC they leave by xdp_tx)"
+    );
+    let failed = s.failures > 0 || s.counts.len() != 3 || refused.is_ok();
+    for (i, mut a) in agents.into_iter().enumerate() {
+        a.stop()?;
+        let fs = pins[i].path().to_str().context("path")?;
+        cluster
+            .node(0)
+            .ns()
+            .run(agent_s, &["cleanup", "--bpffs", fs])?;
+    }
+    drop(servers);
+    if failed {
+        bail!("the two-node demo saw failures");
+    }
     Ok(())
 }
