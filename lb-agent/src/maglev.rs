@@ -116,11 +116,19 @@ mod tests {
             let after: Vec<String> = before.iter().filter(|b| **b != removed).cloned().collect();
             let t1 = owners(&after, &build(&after, m));
             let moved = t0.iter().zip(&t1).filter(|(a, b)| a != b).count() as f64 / m as f64;
+            println!(
+                "n={n}: removing one backend moved {moved:.4} of slots (1/n = {:.4})",
+                1.0 / n as f64
+            );
             assert!(moved <= 1.3 / n as f64, "remove: n={n} moved {moved:.4}");
             let mut added = before.clone();
             added.push("10.250.0.1:8080".into());
             let t2 = owners(&added, &build(&added, m));
             let moved = t0.iter().zip(&t2).filter(|(a, b)| a != b).count() as f64 / m as f64;
+            println!(
+                "n={n}: adding one backend moved {moved:.4} of slots (1/(n+1) = {:.4})",
+                1.0 / (n + 1) as f64
+            );
             assert!(moved <= 1.3 / (n + 1) as f64, "add: n={n} moved {moved:.4}");
         }
     }
