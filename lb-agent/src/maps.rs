@@ -7,8 +7,9 @@
 //! freed in one sync is reused only in a later one, after the writes that stop using it landed.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use lb_common::maps::{
@@ -198,45 +199,337 @@ pub fn raw_port(port: u16) -> u16 {
 }
 
 /// The map entries for `plan`, assigning ids through `ids`. Frontends the dataplane cannot
-/// serve yet are returned in the second value and get no entries.
+/// serve yet are returned in the second value and get no entries. Two plan frontends with one
+/// key: the first one (in plan order) that can be programmed wins.
 pub fn desired(plan: &Plan, ids: &mut Ids) -> (Entries, Vec<Skipped>) {
-    let mut out = Entries::default();
-    let mut skipped = Vec::new();
-    let mut live_frontends = BTreeSet::new();
-    let mut live_backends = BTreeSet::new();
-    for fe in &plan.frontends {
-        match frontend_entries(fe, ids, &mut out, &mut live_backends) {
-            Ok(key) => {
-                live_frontends.insert(key);
-            }
-            Err(s) => skipped.push(s),
-        }
-    }
-    ids.frontend_ids.retain(|k, id| {
-        let keep = live_frontends.contains(k);
-        if !keep {
-            ids.frontends.release(*id);
-        }
-        keep
-    });
-    ids.backend_ids.retain(|k, id| {
-        let keep = live_backends.contains(k);
-        if !keep {
-            ids.backends.release(*id);
-        }
-        keep
-    });
-    ids.frontends.end_sync();
-    ids.backends.end_sync();
-    (out, skipped)
+    let mut model = Desired::default();
+    let entries = model.rebuild(plan, ids);
+    (entries, model.skipped())
 }
 
-fn frontend_entries(
-    fe: &plan::Frontend,
-    ids: &mut Ids,
-    out: &mut Entries,
-    live_backends: &mut BTreeSet<BackendIdent>,
-) -> Result<FrontendKey, Skipped> {
+/// Who asked for a frontend: (Service, index among that Service's plan frontends). Ordered
+/// as the plan is (frontends sorted by Service first), so the smallest claimant of a key is
+/// the first one in the plan.
+type Claimant = (String, usize);
+
+/// One plan frontend, and the key it asks for (or why it cannot have one).
+#[derive(Clone, Debug)]
+struct Claim {
+    frontend: plan::Frontend,
+    key: Result<FrontendKey, Skipped>,
+}
+
+/// The entries one frontend key contributes, as built from its winning claimant.
+#[derive(Clone, Debug)]
+struct Built {
+    frontend: Frontend,
+    /// Backend ids in the plan's order of the backends.
+    backend_ids: Vec<u32>,
+    backends: Vec<(u32, Backend)>,
+    /// Maglev table (indices into `backend_ids`) and the backend list it was built for;
+    /// None: the slots are `backend_ids` as they are.
+    maglev: Option<(Vec<SocketAddr>, Arc<[u32]>)>,
+    /// (prefix address, length).
+    src_ranges: Vec<(u32, u8)>,
+}
+
+impl Built {
+    fn write_to(&self, key: FrontendKey, out: &mut Entries) {
+        let id = self.frontend.id;
+        out.frontends.insert(key, self.frontend);
+        for (bid, b) in &self.backends {
+            out.backends.insert(*bid, *b);
+        }
+        let slot = |i: usize| match &self.maglev {
+            Some((_, t)) => self.backend_ids[t[i] as usize],
+            None => self.backend_ids[i],
+        };
+        for i in 0..self.frontend.slot_count as usize {
+            out.slots.insert(
+                SlotKey {
+                    frontend_id: id,
+                    slot: i as u32,
+                },
+                Slot {
+                    backend_id: slot(i),
+                },
+            );
+        }
+        for (addr, len) in &self.src_ranges {
+            out.src_ranges.insert((id, *addr, *len));
+        }
+    }
+}
+
+/// Maglev tables by backend list, shared by the frontends that use them (a Service's NodePort,
+/// LoadBalancer and external IP frontends of one port have the same backends), with how many
+/// built frontends use each.
+#[derive(Clone, Debug, Default)]
+struct MaglevCache {
+    tables: HashMap<Vec<SocketAddr>, (Arc<[u32]>, usize)>,
+}
+
+impl MaglevCache {
+    /// The table for `backends` (non-empty), built if no frontend uses it yet; `warm` holds
+    /// tables from before a rebuild.
+    fn take(
+        &mut self,
+        backends: &[SocketAddr],
+        warm: &HashMap<Vec<SocketAddr>, (Arc<[u32]>, usize)>,
+    ) -> Arc<[u32]> {
+        if let Some((t, n)) = self.tables.get_mut(backends) {
+            *n += 1;
+            return t.clone();
+        }
+        let t = match warm.get(backends) {
+            Some((t, _)) => t.clone(),
+            None => {
+                let names: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+                maglev::build(&names, maglev::table_size(names.len())).into()
+            }
+        };
+        self.tables.insert(backends.to_vec(), (t.clone(), 1));
+        t
+    }
+
+    fn release(&mut self, backends: &[SocketAddr]) {
+        if let Some((_, n)) = self.tables.get_mut(backends) {
+            *n -= 1;
+            if *n == 0 {
+                self.tables.remove(backends);
+            }
+        }
+    }
+}
+
+/// The desired content of the service maps, kept per frontend key so that a change to a few
+/// Services is recomputed, and diffed, in proportion to their entries ([`Desired::update`]);
+/// [`Desired::rebuild`] recomputes everything from a whole plan (start, resync, Node changes).
+/// Both give the same entries, ids and skipped frontends as [`desired`] for the same plan.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    /// Every plan frontend by Service, in the plan's order.
+    services: BTreeMap<String, Vec<Claim>>,
+    /// The claimants of each key, first (winning) one first.
+    claims: BTreeMap<FrontendKey, BTreeSet<Claimant>>,
+    /// The entries of each key that has them.
+    built: BTreeMap<FrontendKey, Built>,
+    /// Why claimants got no entries.
+    skipped: BTreeMap<Claimant, Skipped>,
+    /// Keys a claimant of which ran out of ids: tried again at every sync, as a rebuild would.
+    retry: BTreeSet<FrontendKey>,
+    maglev: MaglevCache,
+}
+
+impl Desired {
+    /// Recomputes everything from `plan` and returns the whole desired entries. Ids of
+    /// frontends and backends not in `plan` (including ones adopted from pinned maps) are
+    /// released.
+    pub fn rebuild(&mut self, plan: &Plan, ids: &mut Ids) -> Entries {
+        let warm = std::mem::take(&mut self.maglev.tables);
+        *self = Desired::default();
+        let services: BTreeSet<String> = plan.frontends.iter().map(|f| f.service.clone()).collect();
+        self.set_services(&services, &plan.frontends);
+        let keys: BTreeSet<FrontendKey> = self.claims.keys().copied().collect();
+        self.build_keys(&keys, ids, &warm);
+        // Drop every id nothing uses (a rebuild also forgets ids adopted for stale entries).
+        let built = &self.built;
+        ids.frontend_ids.retain(|k, id| {
+            let keep = built.contains_key(k);
+            if !keep {
+                ids.frontends.release(*id);
+            }
+            keep
+        });
+        let live: BTreeSet<u32> = built
+            .values()
+            .flat_map(|b| b.backends.iter().map(|(id, _)| *id))
+            .collect();
+        ids.backend_ids.retain(|_, id| {
+            let keep = live.contains(id);
+            if !keep {
+                ids.backends.release(*id);
+            }
+            keep
+        });
+        ids.frontends.end_sync();
+        ids.backends.end_sync();
+        self.entries()
+    }
+
+    /// Replaces the frontends of `services` with `frontends` (theirs alone, in plan order;
+    /// a Service without frontends is gone) and returns the ordered writes from the previous
+    /// desired entries to the new ones: what [`diff`] would return for the whole maps, computed
+    /// from the touched keys alone. Valid while the kernel holds the previous desired entries.
+    pub fn update(
+        &mut self,
+        services: &BTreeSet<String>,
+        frontends: &[plan::Frontend],
+        ids: &mut Ids,
+    ) -> Vec<MapOp> {
+        let mut services = services.clone();
+        services.extend(frontends.iter().map(|f| f.service.clone()));
+        let mut keys = self.set_services(&services, frontends);
+        keys.extend(self.retry.iter().copied());
+        let mut before = Entries::default();
+        for k in &keys {
+            if let Some(b) = self.built.get(k) {
+                b.write_to(*k, &mut before);
+            }
+        }
+        self.build_keys(&keys, ids, &HashMap::new());
+        ids.frontends.end_sync();
+        ids.backends.end_sync();
+        let mut after = Entries::default();
+        for k in &keys {
+            if let Some(b) = self.built.get(k) {
+                b.write_to(*k, &mut after);
+            }
+        }
+        diff(&before, &after)
+    }
+
+    /// The whole desired entries.
+    pub fn entries(&self) -> Entries {
+        let mut out = Entries::default();
+        for (k, b) in &self.built {
+            b.write_to(*k, &mut out);
+        }
+        out
+    }
+
+    /// The plan frontends that get no entries, and why, in plan order.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.skipped.values().cloned().collect()
+    }
+
+    /// Replaces the claims of `services` with `frontends`; returns the keys they claimed
+    /// before or claim now.
+    fn set_services(
+        &mut self,
+        services: &BTreeSet<String>,
+        frontends: &[plan::Frontend],
+    ) -> BTreeSet<FrontendKey> {
+        let mut keys = BTreeSet::new();
+        for s in services {
+            for (i, c) in self.services.remove(s).into_iter().flatten().enumerate() {
+                let who = (s.clone(), i);
+                self.skipped.remove(&who);
+                if let Ok(k) = c.key {
+                    keys.insert(k);
+                    if let Some(set) = self.claims.get_mut(&k) {
+                        set.remove(&who);
+                        if set.is_empty() {
+                            self.claims.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        for fe in frontends {
+            let list = self.services.entry(fe.service.clone()).or_default();
+            let who = (fe.service.clone(), list.len());
+            let key = frontend_key(fe);
+            match &key {
+                Ok(k) => {
+                    keys.insert(*k);
+                    self.claims.entry(*k).or_default().insert(who);
+                }
+                Err(s) => {
+                    self.skipped.insert(who, s.clone());
+                }
+            }
+            list.push(Claim {
+                frontend: fe.clone(),
+                key,
+            });
+        }
+        keys
+    }
+
+    /// Rebuilds the entries of `keys`: their claimants are tried in plan order, the first one
+    /// that gets ids wins each key, later ones are not programmed. Then releases the ids the
+    /// keys no longer use (reusable after `end_sync`).
+    fn build_keys(
+        &mut self,
+        keys: &BTreeSet<FrontendKey>,
+        ids: &mut Ids,
+        warm: &HashMap<Vec<SocketAddr>, (Arc<[u32]>, usize)>,
+    ) {
+        let mut old = Vec::new();
+        let mut order: Vec<(&Claimant, FrontendKey)> = Vec::new();
+        for k in keys {
+            old.extend(self.built.remove(k));
+            self.retry.remove(k);
+            for who in self.claims.get(k).into_iter().flatten() {
+                order.push((who, *k));
+            }
+        }
+        order.sort();
+        let mut skipped = Vec::new();
+        let mut unskipped = Vec::new();
+        for (who, k) in order {
+            if self.built.contains_key(&k) {
+                unskipped.push(who.clone());
+                continue;
+            }
+            let fe = &self.services[&who.0][who.1].frontend;
+            match build(fe, k, ids, &mut self.maglev, warm) {
+                Ok(b) => {
+                    unskipped.push(who.clone());
+                    self.built.insert(k, b);
+                }
+                Err(s) => {
+                    if matches!(
+                        s,
+                        Skipped::FrontendsFull { .. } | Skipped::BackendsFull { .. }
+                    ) {
+                        self.retry.insert(k);
+                    }
+                    skipped.push((who.clone(), s));
+                }
+            }
+        }
+        for who in unskipped {
+            self.skipped.remove(&who);
+        }
+        self.skipped.extend(skipped);
+        for b in old {
+            if let Some((backends, _)) = &b.maglev {
+                self.maglev.release(backends);
+            }
+        }
+        // Ids the keys no longer use: a frontend id with its key, backend ids by frontend id
+        // (a backend's identity starts with its frontend's id).
+        for k in keys {
+            let Some(fid) = ids.frontend_ids.get(k).copied() else {
+                continue;
+            };
+            let live: BTreeSet<u32> = match self.built.get(k) {
+                Some(b) => b.backend_ids.iter().copied().collect(),
+                None => {
+                    ids.frontend_ids.remove(k);
+                    ids.frontends.release(fid);
+                    BTreeSet::new()
+                }
+            };
+            let stale: Vec<BackendIdent> = ids
+                .backend_ids
+                .range((fid, 0, 0, 0)..=(fid, u32::MAX, u16::MAX, u8::MAX))
+                .filter(|(_, id)| !live.contains(id))
+                .map(|(ident, _)| *ident)
+                .collect();
+            for ident in stale {
+                if let Some(id) = ids.backend_ids.remove(&ident) {
+                    ids.backends.release(id);
+                }
+            }
+        }
+    }
+}
+
+/// The map key of a plan frontend, or why the dataplane cannot serve it.
+fn frontend_key(fe: &plan::Frontend) -> Result<FrontendKey, Skipped> {
     let IpAddr::V4(ip) = fe.ip else {
         return Err(Skipped::Ipv6 {
             service: fe.service.clone(),
@@ -252,17 +545,24 @@ fn frontend_entries(
             port: fe.port,
         });
     }
-    let proto = proto_number(fe.protocol);
-    let key = FrontendKey {
+    Ok(FrontendKey {
         addr_be: raw_v4(ip),
         port_be: raw_port(fe.port),
-        proto,
+        proto: proto_number(fe.protocol),
         scope: 0,
-    };
-    // Two plan frontends with one key (a duplicate in the input): the first one wins.
-    if out.frontends.contains_key(&key) {
-        return Ok(key);
-    }
+    })
+}
+
+/// The entries of `fe` under `key`, taking ids through `ids`. On failure nothing is built;
+/// the ids taken stay assigned until the caller releases what no key uses.
+fn build(
+    fe: &plan::Frontend,
+    key: FrontendKey,
+    ids: &mut Ids,
+    maglev_cache: &mut MaglevCache,
+    warm: &HashMap<Vec<SocketAddr>, (Arc<[u32]>, usize)>,
+) -> Result<Built, Skipped> {
+    let proto = key.proto;
     let id = match ids.frontend_ids.get(&key) {
         Some(id) => *id,
         None => {
@@ -277,6 +577,7 @@ fn frontend_entries(
         }
     };
     let mut backend_ids = Vec::with_capacity(fe.backends.len());
+    let mut backends = Vec::with_capacity(fe.backends.len());
     for b in &fe.backends {
         let SocketAddr::V4(b4) = b else {
             return Err(Skipped::FamilyMismatch {
@@ -297,8 +598,7 @@ fn frontend_entries(
                 bid
             }
         };
-        live_backends.insert(ident);
-        out.backends.insert(
+        backends.push((
             bid,
             Backend {
                 frontend_id: id,
@@ -307,57 +607,50 @@ fn frontend_entries(
                 proto,
                 flags: 0,
             },
-        );
+        ));
         backend_ids.push(bid);
     }
     // ClusterIP traffic is seen whole by the client's node, and conntrack keeps each flow on
     // its backend: a plain list of the backends is the table. Traffic from outside may reach
     // any node (an external load balancer spreads it): there every node must pick the same
     // backend for a flow, and a backend change must move few flows: a Maglev table.
-    let table: Vec<u32> = if fe.kind == FrontendKind::ClusterIP || backend_ids.is_empty() {
-        backend_ids.clone()
+    let maglev = if fe.kind == FrontendKind::ClusterIP || backend_ids.is_empty() {
+        None
     } else {
-        let names: Vec<String> = fe.backends.iter().map(|b| b.to_string()).collect();
-        maglev::build(&names, maglev::table_size(names.len()))
-            .into_iter()
-            .map(|i| backend_ids[i as usize])
-            .collect()
+        let table = maglev_cache.take(&fe.backends, warm);
+        Some((fe.backends.clone(), table))
     };
-    for (slot, backend_id) in table.iter().enumerate() {
-        out.slots.insert(
-            SlotKey {
-                frontend_id: id,
-                slot: slot as u32,
-            },
-            Slot {
-                backend_id: *backend_id,
-            },
-        );
-    }
+    let slot_count = match &maglev {
+        Some((_, t)) => t.len(),
+        None => backend_ids.len(),
+    } as u32;
     let mut flags = match fe.on_empty {
         Some(OnEmpty::Reject) => FE_F_REJECT_EMPTY,
         _ => 0,
     };
+    let mut src_ranges = Vec::new();
     let enforce = fe.kind == FrontendKind::LoadBalancer
         || (fe.kind == FrontendKind::NodePort && ids.nodeport_source_ranges);
     if enforce && !fe.source_ranges.is_empty() {
         flags |= FE_F_SOURCE_RANGES;
         for r in &fe.source_ranges {
             if let IpAddr::V4(a) = r.addr {
-                out.src_ranges.insert((id, raw_v4(a), r.prefix_len));
+                src_ranges.push((raw_v4(a), r.prefix_len));
             }
         }
     }
-    out.frontends.insert(
-        key,
-        Frontend {
+    Ok(Built {
+        frontend: Frontend {
             id,
-            slot_count: table.len() as u32,
+            slot_count,
             flags,
             affinity_timeout_s: fe.affinity_timeout_seconds.unwrap_or(0),
         },
-    );
-    Ok(key)
+        backend_ids,
+        backends,
+        maglev,
+        src_ranges,
+    })
 }
 
 /// The writes that turn `current` into `desired`, in an order that never shows a packet a
