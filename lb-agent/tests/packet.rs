@@ -733,3 +733,40 @@ fn load_balancer_source_ranges_admit_listed_sources_only() {
     }
     assert_eq!(f.verdict(Reason::DropSourceRange), 2 * HOOKS.len() as u64);
 }
+
+/// Test that a client's affinity ends after its timeout: a new flow whose hash points at
+/// another backend follows the affinity before the timeout, and its hash after.
+#[test]
+fn client_ip_affinity_expires_after_its_timeout() {
+    let backends = ["10.244.0.11:8080", "10.244.0.12:8080", "10.244.0.13:8080"];
+    let mut fe = frontend(80, Protocol::Tcp, &backends);
+    fe.affinity_timeout_seconds = Some(1);
+    let mut f = Fixture::new(vec![fe]);
+    let first = dst_of(&f.run(HookKind::Tc, &tcp(CLIENT, 30000, VIP, 80, true)).1);
+    // A client port whose own hash picks another backend than the affinity's.
+    let slot_of = |port: u16| {
+        let h = lb_common::hash::flow_hash(
+            u32::from_ne_bytes(CLIENT),
+            u32::from_ne_bytes(VIP),
+            port.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        backends[lb_common::hash::slot_of(h, 3) as usize]
+            .parse::<SocketAddr>()
+            .unwrap()
+    };
+    let (p1, p2) = {
+        let mut others = (30001..31000u16).filter(|p| slot_of(*p) != first);
+        (others.next().unwrap(), others.next().unwrap())
+    };
+    let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, p1, VIP, 80, true));
+    assert_eq!(dst_of(&out), first, "within the timeout the affinity wins");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, p2, VIP, 80, true));
+    assert_eq!(
+        dst_of(&out),
+        slot_of(p2),
+        "after the timeout the flow's hash decides"
+    );
+}

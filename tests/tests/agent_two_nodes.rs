@@ -42,6 +42,9 @@ const NODEPORT: u16 = 30080;
 const NODEPORT_LOCAL: u16 = 30081;
 const NODEPORT_EMPTY: u16 = 30082;
 const NODEPORT_UDP: u16 = 30053;
+const NODEPORT_AFFINITY: u16 = 30083;
+const LB_OPEN: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 201);
+const LB_CLOSED: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 202);
 const EXTERNAL_VIP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 200);
 const HAIRPIN: &str = "10.96.0.54:80";
 
@@ -81,6 +84,28 @@ fn service(
         y += &format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n");
     }
     y
+}
+
+/// A LoadBalancer Service with ingress IP `lb_ip`, one source range and one endpoint.
+fn load_balancer(
+    name: &str,
+    cluster_ip: &str,
+    lb_ip: Ipv4Addr,
+    range: &str,
+    ep: (&str, &str),
+) -> String {
+    let svc = service(
+        name,
+        &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [\"{range}\"]\n"),
+        cluster_ip,
+        &[("http", "TCP", 80, 8080, None)],
+        &[ep],
+    );
+    // The Service document comes first: its status goes right before the slice's separator.
+    let (service_doc, slice_doc) = svc.split_once("---\n").expect("two documents");
+    format!(
+        "{service_doc}status:\n  loadBalancer:\n    ingress: [{{ip: {lb_ip}}}]\n---\n{slice_doc}"
+    )
 }
 
 fn nodes_yaml() -> String {
@@ -175,6 +200,24 @@ impl Lab {
             (
                 "hp.yaml",
                 service("hp", "", "10.96.0.54", &[http(None)], &[a1]),
+            ),
+            (
+                "aff.yaml",
+                service(
+                    "aff",
+                    "  type: NodePort\n  sessionAffinity: ClientIP\n",
+                    "10.96.0.56",
+                    &[http(Some(NODEPORT_AFFINITY))],
+                    &[a1, b1, b2],
+                ),
+            ),
+            (
+                "lb.yaml",
+                load_balancer("lb-open", "10.96.0.57", LB_OPEN, "172.18.0.100/32", a1),
+            ),
+            (
+                "lb2.yaml",
+                load_balancer("lb-closed", "10.96.0.58", LB_CLOSED, "10.0.0.0/8", a1),
             ),
         ];
         for (name, text) in files {
@@ -473,5 +516,65 @@ fn nodeport_datagrams_to_the_other_node_leave_by_xdp_tx() {
         path("xdp_tx") > 0 && path("xdp_tx") + path("pass_no_neigh") >= answers["b1"],
         "every datagram to b1 leaves by XDP_TX once the neighbour is known: {:#}",
         v["paths"]
+    );
+}
+
+/// Test that sessionAffinity ClientIP sends every new connection of an outside client to one
+/// backend, though the backends are spread over both nodes.
+#[test]
+fn session_affinity_keeps_an_outside_client_on_one_backend() {
+    let lab = Lab::new("aff").unwrap();
+    let spread = lab
+        .external()
+        .tcp_spread(nodeport(0, NODEPORT_AFFINITY), 60);
+    assert_eq!(spread.failures, 0, "{spread}\n{}", lab.logs());
+    assert_eq!(
+        spread.backends().len(),
+        1,
+        "one backend for one client: {spread}"
+    );
+    // A pod client is another client: it gets its own affinity, and still one backend.
+    let c0 = lab.cluster.node(0).pod("c0").ns();
+    let pods = Client::new(c0).tcp_spread("10.96.0.56:80".parse().unwrap(), 30);
+    assert_eq!((pods.failures, pods.backends().len()), (0, 1), "{pods}");
+}
+
+/// Test that loadBalancerSourceRanges admit the listed sources to a load-balancer IP and drop
+/// the others, counted.
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_only() {
+    let lab = Lab::new("lbsr").unwrap();
+    let ext = lab.cluster.external();
+    for ip in [LB_OPEN, LB_CLOSED] {
+        ext.ip(&[
+            "route",
+            "replace",
+            &format!("{ip}/32"),
+            "via",
+            &node_nic_ip(0).to_string(),
+        ])
+        .unwrap();
+    }
+    let open = SocketAddr::new(LB_OPEN.into(), 80);
+    let r = lab
+        .external()
+        .tcp(open, "hi")
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.logs()));
+    assert_eq!((r.identity.as_str(), r.peer), ("a1", open));
+    let closed = lab
+        .external()
+        .timeout(Duration::from_millis(500))
+        .tcp(SocketAddr::new(LB_CLOSED.into(), 80), "hi");
+    assert!(
+        closed.is_err(),
+        "172.18.0.100 is outside 10.0.0.0/8: {closed:?}"
+    );
+    let v = lab.inspect(0);
+    assert!(
+        v["verdicts"]["drop_source_range"]["packets"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{v:#}"
     );
 }
