@@ -41,6 +41,20 @@ pub enum Which {
         #[arg(long, default_value_t = 5000)]
         requests: usize,
     },
+    /// Per-packet cost (BPF_PROG_TEST_RUN) against the floors, 1 to 100,000 Services, 1M flows.
+    Packet(crate::bench_packet::PacketOpts),
+    /// Start to programmed, one endpoint change, agent RSS: ours vs iptables-restore and nft -f.
+    ControlPlane {
+        /// Numbers of Services (10 endpoints each), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        services: Vec<usize>,
+        /// Rounds; each runs every contender once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Endpoint changes per contender and round.
+        #[arg(long, default_value_t = 6)]
+        changes: usize,
+    },
     /// EndpointSlice change at the (fake) API -> map entry updated: p50/p99 at each size.
     SyncLatency {
         /// Numbers of Services, comma-separated.
@@ -85,6 +99,12 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
             connections,
             requests,
         } => pod_hook(rounds, connections, requests),
+        Which::Packet(ref o) => crate::bench_packet::packet(o),
+        Which::ControlPlane {
+            ref services,
+            rounds,
+            changes,
+        } => crate::bench_cp::control_plane(services, rounds, changes),
         Which::SyncLatency {
             ref services,
             changes,

@@ -1,9 +1,12 @@
 //! Project tasks: `cargo xtask <command>`.
 
 mod bench;
+mod bench_cp;
+mod bench_packet;
 mod bench_sync;
 mod build;
 mod demo;
+mod kube_rules;
 mod setup;
 
 use std::process::ExitCode;

@@ -15,6 +15,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("tcpdump", "tcpdump"),
     ("ethtool", "ethtool"),
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
 ];
 
 /// The pinned bpf-linker version.

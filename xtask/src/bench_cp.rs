@@ -1,0 +1,327 @@
+//! `bench control-plane`: time from start to N Services x 10 endpoints programmed, time to
+//! apply one endpoint change, and the agent's resident memory; for our agent (start to the
+//! last Service's entry in the pinned LB_FRONTENDS, from a manifests directory) and for
+//! kube-proxy's layouts of the same Services (wall time of `iptables-restore --noflush` and
+//! `nft -f` inside a fresh network namespace). Contenders alternate within each round.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::maps::{Frontend, FrontendKey, MAP_FRONTENDS, PROTO_TCP};
+use lb_tests::{
+    manifests::{node_yaml, ManifestDir, Protocol, Service},
+    BpffsGuard, NetNs, TempDir,
+};
+
+use crate::{
+    build::root,
+    kube_rules::{self, Svc},
+};
+
+const NODE: &str = "node-a";
+const ENDPOINTS: usize = 10;
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+/// ClusterIP of Service i (10.96.0.0/12).
+pub fn cluster_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 10 + i as u32)
+}
+
+fn endpoint_ip(i: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 16 + k) as u32)
+}
+
+/// The benchmark's Services: svc-i, port 80 -> endpoints:8080, `eps` endpoints for Service 0.
+pub fn services(n: usize, eps0: usize, ep: impl Fn(usize, usize) -> (Ipv4Addr, u16)) -> Vec<Svc> {
+    (0..n)
+        .map(|i| Svc {
+            namespace: "default".into(),
+            name: format!("svc-{i}"),
+            port_name: "http".into(),
+            ip: cluster_ip(i),
+            port: 80,
+            endpoints: (0..if i == 0 { eps0 } else { ENDPOINTS })
+                .map(|k| ep(i, k))
+                .collect(),
+        })
+        .collect()
+}
+
+fn yaml(s: &Svc) -> String {
+    let svc =
+        Service::new(&s.name, s.ip).port(&s.port_name, Protocol::Tcp, s.port, s.endpoints[0].1);
+    let ips: Vec<Ipv4Addr> = s.endpoints.iter().map(|e| e.0).collect();
+    svc.with_endpoints(NODE, &ips)
+}
+
+fn fe_key(s: &Svc) -> FrontendKey {
+    FrontendKey {
+        addr_be: u32::from_ne_bytes(s.ip.octets()),
+        port_be: s.port.to_be(),
+        proto: PROTO_TCP,
+        scope: 0,
+    }
+}
+
+/// Median of `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Writes a manifests directory with `svcs` (Service 0 alone in svc-0.yaml, the rest in one file).
+pub fn write_manifests(dir: &ManifestDir, svcs: &[Svc]) -> Result<()> {
+    dir.write("node.yaml", &node_yaml(NODE))?;
+    dir.write("svc-0.yaml", &yaml(&svcs[0]))?;
+    let rest: Vec<String> = svcs[1..].iter().map(yaml).collect();
+    if !rest.is_empty() {
+        dir.write("services.yaml", &rest.join("---\n"))?;
+    }
+    Ok(())
+}
+
+/// Rewrites Service 0's manifest (endpoint changes).
+pub fn replace_svc0(dir: &ManifestDir, s: &Svc) -> Result<()> {
+    dir.replace("svc-0.yaml", &yaml(s))
+}
+
+struct Ours {
+    start_ms: f64,
+    change_ms: Vec<f64>,
+    rss_kib: u64,
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
+    let agent = root().join("target/release/lb-agent");
+    let ns = NetNs::new("cp-ours")?;
+    let dir = ManifestDir::new("cp")?;
+    write_manifests(&dir, svcs)?;
+    let bpffs = BpffsGuard::new("cp")?;
+    let mut cmd = Command::new(&agent);
+    cmd.args(["run", "--node", NODE, "--manifests"])
+        .arg(dir.path())
+        .arg("--bpffs")
+        .arg(bpffs.path())
+        .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
+        .env("NO_COLOR", "1");
+    let t0 = Instant::now();
+    let mut child = ns.spawn("agent", &cmd)?;
+    let pin = bpffs.path().join("maps").join(MAP_FRONTENDS);
+    let deadline = t0 + TIMEOUT;
+    let map = loop {
+        if let Ok(d) = MapData::from_pin(&pin) {
+            break Map::from_map_data(d)?;
+        }
+        if Instant::now() > deadline || !child.is_running() {
+            bail!("agent did not pin its maps\n{}", child.logs());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let fes: HashMap<_, FrontendKey, Frontend> = HashMap::try_from(map)?;
+    let slots = |s: &Svc| fes.get(&fe_key(s), 0).ok().map(|f| f.slot_count);
+    let last = &svcs[svcs.len() - 1];
+    while slots(last) != Some(ENDPOINTS as u32)
+        || slots(&svcs[0]) != Some(svcs[0].endpoints.len() as u32)
+    {
+        if Instant::now() > deadline || !child.is_running() {
+            bail!(
+                "agent did not program {} services\n{}",
+                svcs.len(),
+                child.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let start_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let rss = rss_kib(child.pid())?;
+    let mut change_ms = Vec::new();
+    for c in 0..changes {
+        let s = if c % 2 == 0 { &alt[0] } else { &svcs[0] };
+        std::thread::sleep(Duration::from_millis(30));
+        let t = Instant::now();
+        replace_svc0(&dir, s)?;
+        while slots(s) != Some(s.endpoints.len() as u32) {
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("endpoint change not applied\n{}", child.logs());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        change_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let rss_kib = rss.max(rss_kib(child.pid())?);
+    child.stop()?;
+    let out = Command::new(&agent)
+        .args(["cleanup", "--bpffs"])
+        .arg(bpffs.path())
+        .output()?;
+    if !out.status.success() {
+        bail!("cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(Ours {
+        start_ms,
+        change_ms,
+        rss_kib,
+    })
+}
+
+/// Runs `program args` in `ns` and returns its wall time in ms.
+pub fn timed(ns: &NetNs, program: &str, args: &[&str]) -> Result<f64> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let t = Instant::now();
+    let out = ns.output(&cmd, TIMEOUT)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(ms)
+}
+
+/// Loads kube-proxy's iptables layout of `svcs` into `ns` (jumps first, then the restore).
+pub fn load_iptables(ns: &NetNs, svcs: &[Svc], tmp: &Path) -> Result<f64> {
+    for j in kube_rules::iptables_jumps() {
+        ns.run("iptables", &j)?;
+    }
+    let f = tmp.join("full.iptables");
+    std::fs::write(&f, kube_rules::iptables_restore(svcs, None, &[]))?;
+    timed(
+        ns,
+        "iptables-restore",
+        &[
+            "-w",
+            "5",
+            "--noflush",
+            "--counters",
+            f.to_str().context("path")?,
+        ],
+    )
+}
+
+fn iptables(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<(f64, Vec<f64>)> {
+    let ns = NetNs::new("cp-ipt")?;
+    let tmp = TempDir::new("cp-ipt")?;
+    let start = load_iptables(&ns, svcs, tmp.path())?;
+    let mut ch = Vec::new();
+    for c in 0..changes {
+        let (new, old) = if c % 2 == 0 { (alt, svcs) } else { (svcs, alt) };
+        let gone: Vec<String> = kube_rules::sep_chains(&old[0])
+            .into_iter()
+            .filter(|x| !kube_rules::sep_chains(&new[0]).contains(x))
+            .collect();
+        let f = tmp.path().join(format!("change-{c}.iptables"));
+        std::fs::write(&f, kube_rules::iptables_restore(new, Some(0), &gone))?;
+        ch.push(timed(
+            &ns,
+            "iptables-restore",
+            &[
+                "-w",
+                "5",
+                "--noflush",
+                "--counters",
+                f.to_str().context("path")?,
+            ],
+        )?);
+    }
+    Ok((start, ch))
+}
+
+fn nft(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<(f64, Vec<f64>)> {
+    let ns = NetNs::new("cp-nft")?;
+    let tmp = TempDir::new("cp-nft")?;
+    let f = tmp.path().join("full.nft");
+    std::fs::write(&f, kube_rules::nft_full(svcs))?;
+    let start = timed(&ns, "nft", &["-f", f.to_str().context("path")?])?;
+    let mut ch = Vec::new();
+    for c in 0..changes {
+        let (new, old) = if c % 2 == 0 { (alt, svcs) } else { (svcs, alt) };
+        let f = tmp.path().join(format!("change-{c}.nft"));
+        std::fs::write(&f, kube_rules::nft_change(&new[0], &old[0]))?;
+        ch.push(timed(&ns, "nft", &["-f", f.to_str().context("path")?])?);
+    }
+    Ok((start, ch))
+}
+
+/// Runs the control-plane benchmark; results in target/bench/control-plane.json.
+pub fn control_plane(sizes: &[usize], rounds: usize, changes: usize) -> Result<()> {
+    let ep = |i, k| (endpoint_ip(i, k), 8080);
+    let mut rows = Vec::new();
+    for &n in sizes {
+        if n == 0 || n > 60_000 {
+            bail!("--services {n}: want 1..=60000");
+        }
+        let svcs = services(n, ENDPOINTS, ep);
+        let alt = services(1, ENDPOINTS + 1, ep);
+        let mut alt_all = svcs.clone();
+        alt_all[0] = alt[0].clone();
+        let (mut os, mut oc, mut orss) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut is, mut ic, mut ns_, mut nc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let o = ours(&svcs, &alt_all, changes)?;
+            let (i_s, i_c) = iptables(&svcs, &alt_all, changes)?;
+            let (n_s, n_c) = nft(&svcs, &alt_all, changes)?;
+            println!(
+                "{n} services round {r}: start: ours {:.0} ms, iptables-restore {i_s:.0} ms, nft -f {n_s:.0} ms; \
+                 one endpoint change (median): ours {:.1} ms, iptables {:.1} ms, nft {:.1} ms; agent RSS {} MiB",
+                o.start_ms,
+                median(&mut o.change_ms.clone()),
+                median(&mut i_c.clone()),
+                median(&mut n_c.clone()),
+                o.rss_kib / 1024
+            );
+            os.push(o.start_ms);
+            oc.extend(o.change_ms);
+            orss.push(o.rss_kib as f64);
+            is.push(i_s);
+            ic.extend(i_c);
+            ns_.push(n_s);
+            nc.extend(n_c);
+        }
+        let row = [
+            median(&mut os),
+            median(&mut is),
+            median(&mut ns_),
+            median(&mut oc),
+            median(&mut ic),
+            median(&mut nc),
+            median(&mut orss),
+        ];
+        println!(
+            "{n} services: start ours {:.0} ms, iptables {:.0} ms ({:.1}x ours), nft {:.0} ms ({:.1}x ours); change ours {:.2} ms, iptables {:.2} ms, nft {:.2} ms; RSS {:.0} MiB",
+            row[0], row[1], row[1] / row[0], row[2], row[2] / row[0], row[3], row[4], row[5], row[6] / 1024.0
+        );
+        rows.push(format!(
+            "{{\"services\":{n},\"endpoints_per_service\":{ENDPOINTS},\"start_ms\":{{\"ours\":{:.2},\"iptables\":{:.2},\"nftables\":{:.2}}},\"change_ms\":{{\"ours\":{:.3},\"iptables\":{:.3},\"nftables\":{:.3}}},\"agent_rss_kib\":{:.0}}}",
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6]
+        ));
+    }
+    let json = format!(
+        "{{\"benchmark\":\"control-plane\",\"rounds\":{rounds},\"changes\":{changes},\"results\":[{}]}}\n",
+        rows.join(",")
+    );
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("control-plane.json"), json)?;
+    println!("results in {}", out.join("control-plane.json").display());
+    Ok(())
+}
