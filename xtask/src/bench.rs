@@ -55,6 +55,21 @@ pub enum Which {
         #[arg(long, default_value_t = 6)]
         changes: usize,
     },
+    /// New connections/s and requests/s through N ClusterIPs: ours vs kube-proxy's layouts.
+    E2e {
+        /// Numbers of Services (10 endpoints each), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        services: Vec<usize>,
+        /// Rounds; each runs every contender once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// New connections per measurement (each to a random Service).
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// Requests on one established connection per measurement.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+    },
     /// EndpointSlice change at the (fake) API -> map entry updated: p50/p99 at each size.
     SyncLatency {
         /// Numbers of Services, comma-separated.
@@ -105,6 +120,12 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
             rounds,
             changes,
         } => crate::bench_cp::control_plane(services, rounds, changes),
+        Which::E2e {
+            ref services,
+            rounds,
+            connections,
+            requests,
+        } => crate::bench_e2e::e2e(services, rounds, connections, requests),
         Which::SyncLatency {
             ref services,
             changes,

@@ -148,6 +148,10 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
     }
     let start_ms = t0.elapsed().as_secs_f64() * 1e3;
     let rss = rss_kib(child.pid())?;
+    // Changes only once the agent watches the directory (it says "running" after the first sync).
+    child
+        .wait_for_output("running", Duration::from_secs(60))
+        .with_context(|| child.logs())?;
     let mut change_ms = Vec::new();
     for c in 0..changes {
         let s = if c % 2 == 0 { &alt[0] } else { &svcs[0] };

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_cp;
+mod bench_e2e;
 mod bench_packet;
 mod bench_sync;
 mod build;
