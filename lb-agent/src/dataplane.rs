@@ -442,10 +442,24 @@ impl Dataplane {
         out: &mut [u8],
         repeat: u32,
     ) -> Result<aya::programs::TestRunResult> {
+        self.test_run_ctx(hook, packet, out, repeat, None)
+    }
+
+    /// [`Dataplane::test_run`] with a context: for XDP a `struct xdp_md`, whose
+    /// `ingress_ifindex` names an interface of the calling thread's network namespace.
+    pub fn test_run_ctx(
+        &mut self,
+        hook: HookKind,
+        packet: &[u8],
+        out: &mut [u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<aya::programs::TestRunResult> {
         use aya::programs::{TestRun, TestRunOptions};
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(out),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::new()
         };

@@ -338,14 +338,17 @@ impl<const AT: u8> Xdp<'_, AT> {
                 0,
             )
         };
-        if r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        let found = r == BPF_FIB_LKUP_RET_SUCCESS as i64;
+        let no_neigh = r == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+        if (found || no_neigh) && p.ifindex != ingress {
+            // Another interface of this node (a pod): the stack delivers it.
+            return Path::PassLocal;
+        }
+        if no_neigh {
             return Path::PassNoNeigh;
         }
-        if r != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if !found {
             return Path::PassFib;
-        }
-        if p.ifindex != ingress {
-            return Path::PassLocal;
         }
         let (s, e) = (self.start(), self.end());
         let (Some(eth), Some(ttl_proto), Some(ip_check)) = (
