@@ -63,7 +63,7 @@ pub fn lb_lookup1(ctx: XdpContext) -> u32 {
         }
     };
     // SAFETY: the value is only tested for presence, never read.
-    let found = unsafe { maps::LB_FRONTENDS.get(&key) }.is_some();
+    let found = unsafe { maps::LB_FRONTENDS.get(key) }.is_some();
     core::hint::black_box(found);
     aya_ebpf::bindings::xdp_action::XDP_PASS
 }
