@@ -958,3 +958,37 @@ fn nodeport_flows_are_snated_and_forwarded_by_the_fib() {
         assert_eq!(paths[Path::PassLocal as usize].packets, 1);
     });
 }
+
+/// Test that the program picks, for a frontend reached from outside, the backend the Maglev
+/// table built by the agent names for the flow's hash: the kernel and the userspace reference
+/// model (lb_common's flow hash over lb_agent's Maglev table) agree on every flow.
+#[test]
+fn external_frontends_choose_the_maglev_tables_backend() {
+    const EXT_IP: [u8; 4] = [172, 18, 0, 200];
+    let backends: Vec<String> = (1..=5).map(|i| format!("10.244.{i}.7:8080")).collect();
+    let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let mut fe = frontend(80, Protocol::Tcp, &refs);
+    fe.kind = FrontendKind::ExternalIP;
+    fe.ip = Ipv4Addr::from(EXT_IP).into();
+    let mut f = Fixture::new(vec![fe]);
+    let m = lb_agent::maglev::table_size(backends.len());
+    let table = lb_agent::maglev::build(&backends, m);
+    for port in 20000..20200u16 {
+        let h = lb_common::hash::flow_hash(
+            u32::from_ne_bytes(CLIENT),
+            u32::from_ne_bytes(EXT_IP),
+            port.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let want = &backends[table[lb_common::hash::slot_of(h, m) as usize] as usize];
+        let (ip, bport) = octets(want);
+        let (_, out) = f.run(HookKind::Tc, &tcp(CLIENT, port, EXT_IP, 80, true));
+        assert_eq!(
+            out,
+            tcp(CLIENT, port, ip, bport, true),
+            "flow from port {port}"
+        );
+        assert_checksums(&out);
+    }
+}

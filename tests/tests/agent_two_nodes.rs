@@ -347,6 +347,7 @@ fn nodeport_from_outside_reaches_both_nodes_with_snat_to_the_remote_one() {
     // Packets from sockets on veths carry CHECKSUM_PARTIAL seeds, which node-0's NIC (a veth)
     // hands to the stack after the rewrite (the UDP test below covers the XDP_TX path).
     let v = lab.inspect(0);
+    println!("spread {spread}; node-0 paths {}", v["paths"]);
     assert!(
         v["paths"]["pass_partial"]["packets"].as_u64().unwrap() > 0,
         "{:#}",
@@ -511,6 +512,10 @@ fn nodeport_datagrams_to_the_other_node_leave_by_xdp_tx() {
     );
     let v = lab.inspect(0);
     let path = |p: &str| v["paths"][p]["packets"].as_u64().unwrap();
+    println!(
+        "answers per backend {answers:?}; node-0 paths {}",
+        v["paths"]
+    );
     // Until node-1's MAC is known the stack forwards (and resolves it); then XDP_TX.
     assert!(
         path("xdp_tx") > 0 && path("xdp_tx") + path("pass_no_neigh") >= answers["b1"],
