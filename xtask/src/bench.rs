@@ -70,6 +70,10 @@ pub enum Which {
         #[arg(long, default_value_t = 5000)]
         requests: usize,
     },
+    /// Gather target/bench/*.json into bench/results.json and bench/*.svg; print the tables.
+    Report,
+    /// packet, control-plane and e2e at their default sizes, then report.
+    All,
     /// EndpointSlice change at the (fake) API -> map entry updated: p50/p99 at each size.
     SyncLatency {
         /// Numbers of Services, comma-separated.
@@ -126,6 +130,19 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
             connections,
             requests,
         } => crate::bench_e2e::e2e(services, rounds, connections, requests),
+        Which::Report => crate::bench_report::report(),
+        Which::All => {
+            crate::bench_packet::packet(&crate::bench_packet::PacketOpts {
+                services: vec![1, 1000, 10_000, 100_000],
+                flows: 1_000_000,
+                repeat: 200_000,
+                runs: 9,
+                calls: 20_000,
+            })?;
+            crate::bench_cp::control_plane(&[100, 1000, 10_000], 1, 4)?;
+            crate::bench_e2e::e2e(&[100, 1000, 10_000], 2, 1000, 3000)?;
+            crate::bench_report::report()
+        }
         Which::SyncLatency {
             ref services,
             changes,

@@ -4,6 +4,7 @@ mod bench;
 mod bench_cp;
 mod bench_e2e;
 mod bench_packet;
+mod bench_report;
 mod bench_sync;
 mod build;
 mod demo;
