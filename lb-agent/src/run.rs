@@ -20,7 +20,7 @@ use crate::{
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
     links::{watch_links, Selector},
-    maps::{self, Capacity, Entries, Ids},
+    maps::{self, Capacity, Desired, Entries, Ids},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -81,6 +81,10 @@ struct Agent {
     ids: Ids,
     /// What the kernel holds, as far as this agent knows.
     current: Entries,
+    /// The desired entries per frontend, so a change recomputes only the Services it touches.
+    desired: Desired,
+    /// The next sync recomputes and diffs everything (at start, after a failed write).
+    full_next: bool,
     telemetry: Arc<Telemetry>,
     health_checks: HealthCheckServers,
     /// Warnings already logged, so each is logged once, not at every sync.
@@ -162,6 +166,14 @@ impl PlanCache {
     }
 }
 
+/// Which map entries a sync recomputes.
+enum Maps<'a> {
+    /// All of them, from the whole cached plan, diffed against what the kernel holds.
+    Full,
+    /// Those of these Services, whose frontends are now these.
+    Services(&'a BTreeSet<String>, &'a [Frontend]),
+}
+
 /// What changed since the last sync.
 #[derive(Default)]
 struct Dirty {
@@ -230,7 +242,7 @@ impl Agent {
         self.telemetry.set_frontends(&self.cache.plan.frontends);
         self.telemetry
             .set_node_eligible(node_eligible(&snapshot, &self.cfg.node));
-        self.apply(reason, started, trigger_times).await;
+        self.apply(reason, started, trigger_times, Maps::Full).await;
     }
 
     /// Replans only the Services `dirty` touches (API source) and applies the difference.
@@ -258,7 +270,9 @@ impl Agent {
         let added = output.plan.frontends.clone();
         let removed = self.cache.replace(&services, output.plan.frontends, checks);
         self.telemetry.update_frontends(&removed, &added);
-        self.apply("API changes", started, trigger_times).await;
+        let maps = Maps::Services(&services, &added);
+        self.apply("API changes", started, trigger_times, maps)
+            .await;
     }
 
     /// Logs each diagnostic not logged before.
@@ -271,10 +285,27 @@ impl Agent {
         }
     }
 
-    /// Turns the cached plan into map entries and writes the difference.
-    async fn apply(&mut self, reason: &str, started: Instant, trigger_times: &[SystemTime]) {
+    /// Turns the cached plan into map entries and writes the difference: of everything, or of
+    /// the changed Services' frontends alone when the kernel holds the last desired entries.
+    async fn apply(
+        &mut self,
+        reason: &str,
+        started: Instant,
+        trigger_times: &[SystemTime],
+        maps: Maps<'_>,
+    ) {
         let planned = started.elapsed();
-        let (desired, skipped) = maps::desired(&self.cache.plan, &mut self.ids);
+        let (ops, full) = match maps {
+            Maps::Services(services, frontends) if !self.full_next => (
+                self.desired.update(services, frontends, &mut self.ids),
+                None,
+            ),
+            _ => {
+                let desired = self.desired.rebuild(&self.cache.plan, &mut self.ids);
+                (maps::diff(&self.current, &desired), Some(desired))
+            }
+        };
+        let skipped = self.desired.skipped();
         // `skipped` is always complete: log what is new since the last sync.
         let mut now = BTreeSet::new();
         for s in &skipped {
@@ -285,11 +316,14 @@ impl Agent {
             now.insert(w);
         }
         self.warned_skipped = now;
-        let ops = maps::diff(&self.current, &desired);
         let n = ops.len();
         match self.dp.apply(&ops) {
             Ok(()) => {
-                self.current = desired;
+                match full {
+                    Some(desired) => self.current = desired,
+                    None => maps::apply_in_memory(&mut self.current, &ops),
+                }
+                self.full_next = false;
                 self.telemetry.synced(
                     started,
                     [
@@ -311,6 +345,7 @@ impl Agent {
             }
             Err(e) => {
                 self.telemetry.sync_failed();
+                self.full_next = true;
                 error!(
                     error = format!("{:#}", anyhow::Error::from(e)),
                     "applying map writes failed; will resync from the kernel"
@@ -436,6 +471,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         dp,
         ids,
         current,
+        desired: Desired::default(),
+        full_next: true,
         telemetry,
         warned: BTreeSet::new(),
         warned_skipped: BTreeSet::new(),
