@@ -625,29 +625,6 @@ fn every_packet_is_counted_once() {
     assert_eq!(st.bytes, (pkts[0].len() + pkts[1].len()) as u64);
 }
 
-/// Measures ns per packet (printed, never asserted: speed belongs to `cargo xtask bench`).
-#[test]
-fn report_ns_per_packet() {
-    let mut f = Fixture::new(vec![frontend(
-        80,
-        Protocol::Tcp,
-        &["10.244.0.11:8080", "10.244.0.12:8080"],
-    )]);
-    let est = tcp(CLIENT, 9, VIP, 80, false);
-    for hook in HOOKS {
-        f.run(hook, &est);
-        let mut out = vec![0u8; est.len()];
-        let r = f.dp.test_run(hook, &est, &mut out, 100_000).unwrap();
-        let miss = tcp(CLIENT, 9, [10, 96, 9, 9], 80, false);
-        let r2 = f.dp.test_run(hook, &miss, &mut out, 100_000).unwrap();
-        println!(
-            "ns/packet {hook:?}: established flow {} ns, not a frontend {} ns",
-            r.duration.as_nanos(),
-            r2.duration.as_nanos()
-        );
-    }
-}
-
 /// Test that with sessionAffinity ClientIP every new flow of a client goes to the client's
 /// backend, other clients are still spread, and a removed backend ends the affinity.
 #[test]
