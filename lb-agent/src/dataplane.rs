@@ -648,30 +648,24 @@ fn src_range_key(id: u32, addr_be: u32, len: u8) -> lpm_trie::Key<SrcRange> {
     )
 }
 
+/// Every entry of a hash map, sorted.
+fn read_hash<K: aya::Pod + Ord, V: aya::Pod>(
+    map: Option<&Map>,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>> {
+    let h: HashMap<_, K, V> =
+        HashMap::try_from(map.ok_or_else(|| missing(name))?).map_err(map_err(name))?;
+    h.iter().map(|kv| kv.map_err(map_err(name))).collect()
+}
+
 /// Reads the service maps through `get` (loaded maps or pinned ones).
 pub fn read_entries<'a>(get: impl Fn(&'static str) -> Option<&'a Map>) -> Result<Entries> {
-    let mut out = Entries::default();
-    let fe: HashMap<_, FrontendKey, Frontend> =
-        HashMap::try_from(get(MAP_FRONTENDS).ok_or_else(|| missing(MAP_FRONTENDS))?)
-            .map_err(map_err(MAP_FRONTENDS))?;
-    for kv in fe.iter() {
-        let (k, v) = kv.map_err(map_err(MAP_FRONTENDS))?;
-        out.frontends.insert(k, v);
-    }
-    let slots: HashMap<_, SlotKey, Slot> =
-        HashMap::try_from(get(MAP_SLOTS).ok_or_else(|| missing(MAP_SLOTS))?)
-            .map_err(map_err(MAP_SLOTS))?;
-    for kv in slots.iter() {
-        let (k, v) = kv.map_err(map_err(MAP_SLOTS))?;
-        out.slots.insert(k, v);
-    }
-    let backends: HashMap<_, u32, Backend> =
-        HashMap::try_from(get(MAP_BACKENDS).ok_or_else(|| missing(MAP_BACKENDS))?)
-            .map_err(map_err(MAP_BACKENDS))?;
-    for kv in backends.iter() {
-        let (k, v) = kv.map_err(map_err(MAP_BACKENDS))?;
-        out.backends.insert(k, v);
-    }
+    let mut out = Entries {
+        frontends: read_hash(get(MAP_FRONTENDS), MAP_FRONTENDS)?,
+        slots: read_hash(get(MAP_SLOTS), MAP_SLOTS)?,
+        backends: read_hash(get(MAP_BACKENDS), MAP_BACKENDS)?,
+        ..Entries::default()
+    };
     let ranges: LpmTrie<_, SrcRange, u32> =
         LpmTrie::try_from(get(MAP_SRC_RANGES).ok_or_else(|| missing(MAP_SRC_RANGES))?)
             .map_err(map_err(MAP_SRC_RANGES))?;
