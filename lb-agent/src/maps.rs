@@ -5,6 +5,13 @@
 //! gets a small integer id that stays the same for as long as it exists, so conntrack entries
 //! keep pointing at the right backend and per-frontend counters stay with their frontend. An id
 //! freed in one sync is reused only in a later one, after the writes that stop using it landed.
+//!
+//! Two ways to the writes: [`desired`] + [`diff`] recompute and compare everything (start,
+//! resync, Node changes); [`Desired`] keeps the desired entries per frontend key, and
+//! [`Desired::update`] recomputes only the keys the changed Services claim (now or before),
+//! diffing their old entries against their new ones with the same [`diff`], so a change costs
+//! in proportion to those Services' entries, and its writes are exactly the ones the full path
+//! would emit, in the same order.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
