@@ -202,16 +202,27 @@ pub fn timed(ns: &NetNs, program: &str, args: &[&str]) -> Result<f64> {
     Ok(ms)
 }
 
+/// The iptables commands: Debian's default (the nf_tables backend), or the legacy backend
+/// with `BENCH_IPTABLES=legacy` (what many kube-proxy nodes run; iptables-nft takes minutes to
+/// restore 10,000 Services here).
+pub fn iptables_cmds() -> (&'static str, &'static str) {
+    match std::env::var("BENCH_IPTABLES").as_deref() {
+        Ok("legacy") => ("iptables-legacy", "iptables-legacy-restore"),
+        _ => ("iptables", "iptables-restore"),
+    }
+}
+
 /// Loads kube-proxy's iptables layout of `svcs` into `ns` (jumps first, then the restore).
 pub fn load_iptables(ns: &NetNs, svcs: &[Svc], tmp: &Path) -> Result<f64> {
+    let (iptables, _) = iptables_cmds();
     for j in kube_rules::iptables_jumps() {
-        ns.run("iptables", &j)?;
+        ns.run(iptables, &j)?;
     }
     let f = tmp.join("full.iptables");
     std::fs::write(&f, kube_rules::iptables_restore(svcs, None, &[]))?;
     timed(
         ns,
-        "iptables-restore",
+        iptables_cmds().1,
         &[
             "-w",
             "5",
@@ -237,7 +248,7 @@ fn iptables(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<(f64, Vec<f64>)
         std::fs::write(&f, kube_rules::iptables_restore(new, Some(0), &gone))?;
         ch.push(timed(
             &ns,
-            "iptables-restore",
+            iptables_cmds().1,
             &[
                 "-w",
                 "5",
