@@ -212,6 +212,17 @@ pub fn iptables_cmds() -> (&'static str, &'static str) {
     }
 }
 
+/// Removes every iptables rule and chain from `ns` (`nft flush ruleset` does not reach the
+/// legacy backend's tables).
+pub fn flush_iptables(ns: &NetNs) -> Result<()> {
+    let (iptables, _) = iptables_cmds();
+    for table in ["nat", "filter", "mangle"] {
+        ns.run(iptables, &["-w", "5", "-t", table, "-F"])?;
+        ns.run(iptables, &["-w", "5", "-t", table, "-X"])?;
+    }
+    Ok(())
+}
+
 /// Loads kube-proxy's iptables layout of `svcs` into `ns` (jumps first, then the restore).
 pub fn load_iptables(ns: &NetNs, svcs: &[Svc], tmp: &Path) -> Result<f64> {
     let (iptables, _) = iptables_cmds();

@@ -190,6 +190,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<
                 }
                 drop(dir);
                 node.ns().run("nft", &["flush", "ruleset"])?;
+                crate::bench_cp::flush_iptables(node.ns())?;
                 let (cr, rr) = r.with_context(|| format!("{name} at {n} services"))?;
                 println!("{n} services round {round}: {name:<9} {cr:>8.0} conn/s {rr:>8.0} req/s");
                 conn[c].push(cr);
