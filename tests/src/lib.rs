@@ -28,6 +28,7 @@ pub mod bpffs;
 pub mod fakeapi;
 pub mod manifests;
 pub mod netns;
+pub mod paths;
 pub mod proc;
 pub mod scratch;
 pub mod topo;
@@ -35,6 +36,7 @@ pub mod traffic;
 
 pub use bpffs::BpffsGuard;
 pub use netns::{LinkStats, NetNs};
+pub use paths::{agent_bin, ebpf_object, workspace_root};
 pub use proc::Child;
 pub use scratch::{cleanup_stale, TempDir};
 pub use topo::{Cluster, Node, Pod, POD_IFACE_GLOB, SERVICE_CIDR};

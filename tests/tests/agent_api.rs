@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,7 +12,9 @@ use std::time::{Duration, Instant};
 use lb_tests::fakeapi::{
     endpoint_slice, load_balancer_local, node, ready, service, tcp_port, FakeApi, Port, Resource,
 };
-use lb_tests::{BpffsGuard, Child, Client, NetNs, Node, TcpServer, TempDir, POD_IFACE_GLOB};
+use lb_tests::{
+    agent_bin, BpffsGuard, Child, Client, NetNs, Node, TcpServer, TempDir, POD_IFACE_GLOB,
+};
 use serde_json::Value;
 
 const NODE: &str = "node-a";
@@ -23,13 +24,6 @@ const TARGET: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(15);
 const HEALTHZ: &str = "127.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
-
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LB_AGENT_BIN") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb-agent")
-}
 
 fn backend_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, 10 + i)

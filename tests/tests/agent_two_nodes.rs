@@ -10,32 +10,16 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     process::Command,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use lb_tests::{
+    agent_bin, ebpf_object,
     topo::{node_nic_ip, EXTERNAL_IP},
     BpffsGuard, Child, Client, Cluster, TcpServer, TempDir, UdpServer, POD_IFACE_GLOB,
 };
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn agent_bin() -> PathBuf {
-    let p = std::env::var_os("LB_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/lb-agent"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo xtask build` (or set LB_AGENT_BIN)",
-        p.display()
-    );
-    p
-}
 
 const CIP: &str = "10.96.0.50:80";
 const NODEPORT: u16 = 30080;
@@ -144,7 +128,7 @@ impl Lab {
         }
         // The fabric's ports play the wire, receiving what the nodes' XDP sends (XDP_TX).
         let wire = BpffsGuard::new(&format!("{tag}-wire"))?;
-        cluster.attach_wire_xdp(&workspace().join("target/bpf/lb-ebpf.o"), &wire)?;
+        cluster.attach_wire_xdp(&ebpf_object(), &wire)?;
         let manifests = TempDir::new(&format!("{tag}-m"))?;
         let a1 = ("10.244.0.11", "node-0");
         let b1 = ("10.244.1.11", "node-1");

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,27 +30,7 @@ pub const UDP_TARGET: u16 = 5353;
 /// How long any wait for the agent (start, sync, attach) may take.
 pub const AGENT_WAIT: Duration = Duration::from_secs(10);
 
-/// The agent binary: `$LB_AGENT_BIN` (set by `cargo xtask test`), else
-/// `<workspace>/target/release/lb-agent`.
-pub fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LB_AGENT_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "LB_AGENT_BIN={} is not a file; build it with `cargo build --release -p lb-agent`",
-            p.display()
-        );
-        return p;
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb-agent");
-    assert!(
-        p.is_file(),
-        "no agent binary at {}: run `cargo xtask build-ebpf && cargo build --release -p lb-agent`, \
-         or set LB_AGENT_BIN",
-        p.display()
-    );
-    p
-}
+pub use lb_tests::agent_bin;
 
 /// The program the agent attaches to pod interfaces (`--pod-hook`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
