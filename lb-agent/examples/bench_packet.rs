@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use aya::{
     maps::HashMap,
     programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use clap::Parser;
 use etherparse::PacketBuilder;
@@ -40,8 +40,8 @@ use lb_agent::{
     plan::{Frontend, FrontendKind, Plan, Protocol},
 };
 use lb_common::maps::{
-    CtEntry, CtKey, Frontend as FeValue, FrontendKey, ALL_MAPS, CT_DIR_ORIGINAL, CT_DIR_REPLY,
-    MAP_BACKENDS, MAP_CT, MAP_FE_STATS, MAP_FRONTENDS, MAP_SLOTS, PROTO_TCP,
+    CtEntry, CtKey, Frontend as FeValue, FrontendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, MAP_CT,
+    MAP_FRONTENDS, PROTO_TCP,
 };
 use lb_tests::BpffsGuard;
 
@@ -181,17 +181,7 @@ struct Floors {
 impl Floors {
     fn load(object: &[u8], bpffs: &std::path::Path, sizes: MapSizes) -> Result<Self> {
         let maps_dir = bpffs.join("maps");
-        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, maps_dir.join(n))).collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        loader
-            .map_max_entries(MAP_FRONTENDS, sizes.frontends)
-            .map_max_entries(MAP_FE_STATS, sizes.frontends + 1)
-            .map_max_entries(MAP_SLOTS, sizes.slots)
-            .map_max_entries(MAP_BACKENDS, sizes.backends)
-            .map_max_entries(MAP_CT, sizes.conntrack);
+        let mut loader = lb_agent::dataplane::loader(&maps_dir, sizes);
         let mut ebpf = loader.load(object).context("loading the object")?;
         for name in ["lb_pass", "lb_lookup1"] {
             let prog: &mut Xdp = ebpf

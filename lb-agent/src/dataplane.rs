@@ -152,6 +152,22 @@ impl HookKind {
     }
 }
 
+/// An eBPF loader that pins every map under `maps_dir` (reusing a map already pinned there)
+/// and sizes the maps from `sizes`: how the agent, and the benchmarks beside it, load the object.
+pub fn loader(maps_dir: &Path, sizes: MapSizes) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in ALL_MAPS {
+        loader.map_pin_path(name, maps_dir.join(name));
+    }
+    loader
+        .map_max_entries(MAP_FRONTENDS, sizes.frontends)
+        .map_max_entries(MAP_FE_STATS, sizes.frontends + 1)
+        .map_max_entries(MAP_SLOTS, sizes.slots)
+        .map_max_entries(MAP_BACKENDS, sizes.backends)
+        .map_max_entries(MAP_CT, sizes.conntrack);
+    loader
+}
+
 /// Returns whether `path` is the root of a mounted bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
@@ -212,17 +228,7 @@ impl Dataplane {
                 source,
             })?;
         }
-        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, maps_dir.join(n))).collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        loader
-            .map_max_entries(MAP_FRONTENDS, sizes.frontends)
-            .map_max_entries(MAP_FE_STATS, sizes.frontends + 1)
-            .map_max_entries(MAP_SLOTS, sizes.slots)
-            .map_max_entries(MAP_BACKENDS, sizes.backends)
-            .map_max_entries(MAP_CT, sizes.conntrack);
+        let mut loader = loader(&maps_dir, sizes);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| DataplaneError::Load {
@@ -539,30 +545,26 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // union bpf_attr, large enough for both commands (the kernel reads only what it needs).
-    let mut attr = [0u64; 16];
-    attr[0] = cpath.as_ptr() as u64; // obj_get.pathname
-                                     // SAFETY: BPF_OBJ_GET reads a NUL-terminated path from `cpath`, alive across the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // obj_get.pathname: the kernel reads the NUL-terminated path, alive across the call.
+    let fd = bpf(BPF_OBJ_GET, cpath.as_ptr() as u64)?;
     // SAFETY: the kernel just returned this descriptor to us; the OwnedFd closes it.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // link_detach.link_fd
+    bpf(BPF_LINK_DETACH, std::os::fd::AsRawFd::as_raw_fd(&fd) as u64)?;
+    Ok(())
+}
+
+/// The bpf(2) syscall for a command whose attribute union needs only its first 8 bytes.
+fn bpf(cmd: libc::c_long, first: u64) -> std::io::Result<libc::c_long> {
+    // union bpf_attr, zeroed past the first field (the kernel checks unused bytes are 0).
     let mut attr = [0u64; 16];
-    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64; // link_detach.link_fd
-                                                           // SAFETY: BPF_LINK_DETACH only reads the link fd from `attr`.
+    attr[0] = first;
+    // SAFETY: `attr` is a valid, large enough bpf_attr for `cmd`; any pointer in `first` is
+    // the caller's to keep alive.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_LINK_DETACH,
+            cmd,
             attr.as_mut_ptr(),
             std::mem::size_of_val(&attr),
         )
@@ -570,7 +572,7 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(r)
 }
 
 /// Every pinned link under `root`: (hook name, ifname, ifindex, path).
