@@ -690,11 +690,18 @@ fn inspect_shows_backends_counters_and_conntrack_after_traffic() {
         let backend = lab.node.pod(&r.identity).addr(TCP_TARGET);
         flows.push((SocketAddr::from((CLIENT_IP, r.local.port())), backend));
     }
+    // 10 flows over 3 backends miss one of them 5% of the time: the spread itself is checked by
+    // the spread tests; here every flow must be answered, by a backend of the Service.
     let udp = 10;
-    udp_tally(lab.client(), CLIENT_IP, svc.vip(53), udp).assert_spread(
-        udp,
-        &["b1", "b2", "b3"],
-        0.0,
+    let tally = udp_tally(lab.client(), CLIENT_IP, svc.vip(53), udp);
+    assert!(tally.errors.is_empty(), "{tally:?}");
+    assert_eq!(tally.ok(), udp, "{tally:?}");
+    assert!(
+        tally
+            .counts
+            .keys()
+            .all(|b| ["b1", "b2", "b3"].contains(&b.as_str())),
+        "{tally:?}"
     );
 
     let v = lab.inspect();
