@@ -260,6 +260,77 @@ fn reply_from_the_backend_is_reverse_nated_to_the_frontend() {
     }
 }
 
+/// Source (address, port) of a frame.
+fn src_of(frame: &[u8]) -> ([u8; 4], u16) {
+    let p = SlicedPacket::from_ethernet(frame).expect("parse");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let port = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => t.source_port(),
+        Some(TransportSlice::Udp(u)) => u.source_port(),
+        other => panic!("unexpected transport {other:?}"),
+    };
+    (ip.header().source_addr().octets(), port)
+}
+
+/// Test that two live flows from one client port to two Services sharing a backend stay apart:
+/// the second one's source port is remapped (its reply key would be the first one's), both
+/// replies are reverse-NATed to their own frontend and the client's own port, and the first
+/// flow's retransmitted SYN is not remapped.
+#[test]
+fn flows_from_one_client_port_to_two_frontends_sharing_a_backend_stay_apart() {
+    const VIP2: [u8; 4] = [10, 96, 0, 20];
+    let backend = [10, 244, 0, 11];
+    for hook in HOOKS {
+        let mut second = frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]);
+        second.service = "test/other".into();
+        second.ip = Ipv4Addr::from(VIP2).into();
+        let mut f = Fixture::new(vec![
+            frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]),
+            second,
+        ]);
+
+        let (_, out) = f.run(hook, &tcp(CLIENT, 40000, VIP, 80, true));
+        assert_eq!(out, tcp(CLIENT, 40000, backend, 8080, true), "{hook:?}");
+        let (verdict, out) = f.run(hook, &tcp(CLIENT, 40000, VIP2, 80, true));
+        assert_eq!(verdict, pass(hook), "{hook:?}");
+        let (src, port) = src_of(&out);
+        assert_eq!(src, CLIENT, "{hook:?}: the source address stays");
+        assert!(
+            (lb_common::maps::SNAT_PORT_MIN..=lb_common::maps::SNAT_PORT_MAX).contains(&port),
+            "{hook:?}: remapped port {port}"
+        );
+        assert_eq!(out, tcp(CLIENT, port, backend, 8080, true), "{hook:?}");
+        assert_checksums(&out);
+        assert_eq!(f.verdict(Reason::DnatNewPortRemap), 1, "{hook:?}");
+
+        // The second flow's next packet takes the same port; the first flow's SYN again keeps
+        // the client's own.
+        let (_, out) = f.run(hook, &tcp(CLIENT, 40000, VIP2, 80, false));
+        assert_eq!(out, tcp(CLIENT, port, backend, 8080, false), "{hook:?}");
+        let (_, out) = f.run(hook, &tcp(CLIENT, 40000, VIP, 80, true));
+        assert_eq!(out, tcp(CLIENT, 40000, backend, 8080, true), "{hook:?}");
+
+        let (verdict, out) = f.run(hook, &tcp(backend, 8080, CLIENT, 40000, false));
+        assert_eq!(verdict, pass(hook), "{hook:?}");
+        assert_eq!(
+            out,
+            tcp(VIP, 80, CLIENT, 40000, false),
+            "{hook:?}: first reply"
+        );
+        let (verdict, out) = f.run(hook, &tcp(backend, 8080, CLIENT, port, false));
+        assert_eq!(verdict, pass(hook), "{hook:?}");
+        assert_eq!(
+            out,
+            tcp(VIP2, 80, CLIENT, 40000, false),
+            "{hook:?}: second reply"
+        );
+        assert_checksums(&out);
+        assert_eq!(f.verdict(Reason::RevNat), 2, "{hook:?}");
+    }
+}
+
 /// Test that a packet from a backend to a client with no tracked flow is not rewritten.
 #[test]
 fn reply_without_a_tracked_flow_passes_untouched() {

@@ -38,10 +38,14 @@ pub enum Reason {
     DropSnatExhausted = 14,
     /// The source is outside the frontend's loadBalancerSourceRanges: dropped.
     DropSourceRange = 15,
+    /// First packet of a flow whose backend already talks to the same client address and
+    /// port for another live flow (two frontends sharing a backend, the client reusing its
+    /// port): the flow's source port is remapped so the two stay apart.
+    DnatNewPortRemap = 16,
 }
 
 /// Number of reasons; the size of the verdict array.
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     /// Every reason, in index order.
@@ -62,6 +66,7 @@ impl Reason {
         Reason::RejectDropped,
         Reason::DropSnatExhausted,
         Reason::DropSourceRange,
+        Reason::DnatNewPortRemap,
     ];
 
     /// Stable snake_case name, used in `inspect` output and metric labels.
@@ -83,6 +88,7 @@ impl Reason {
             Reason::RejectDropped => "reject_dropped",
             Reason::DropSnatExhausted => "drop_snat_exhausted",
             Reason::DropSourceRange => "drop_source_range",
+            Reason::DnatNewPortRemap => "dnat_new_port_remap",
         }
     }
 }

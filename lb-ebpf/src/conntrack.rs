@@ -6,8 +6,15 @@
 //! its destination to. Entries expire by idle time (TCP 6 h, UDP 60 s, 10 s after FIN/RST);
 //! the LRU map evicts the oldest first when full. `last_seen_ns` is written at most once a
 //! second per entry.
+//!
+//! Timestamps are CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`): a tick's precision is
+//! plenty for lifetimes of seconds, and reading it costs no clocksource access. Ages saturate,
+//! so a timestamp a tick ahead (written from userspace with the fine clock) reads as fresh.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+};
 use lb_common::maps::{
     Backend, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT,
     CT_LIFETIME_CLOSING_NS, CT_LIFETIME_TCP_NS, CT_LIFETIME_UDP_NS, CT_REFRESH_NS, PROTO_TCP,
@@ -18,6 +25,13 @@ use crate::{
     maps::LB_CT,
     parse::{Headers, TCP_FIN, TCP_RST},
 };
+
+/// Now, on the conntrack clock (CLOCK_MONOTONIC_COARSE), ns.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: the helper takes no arguments and has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
 
 /// The key of a packet's own 5-tuple in direction `dir`.
 #[inline(always)]
@@ -43,7 +57,7 @@ pub fn is_live(e: &CtEntry, proto: u8, now: u64) -> bool {
     } else {
         CT_LIFETIME_UDP_NS
     };
-    now.wrapping_sub(e.last_seen_ns) <= lifetime
+    now.saturating_sub(e.last_seen_ns) <= lifetime
 }
 
 /// Records that a packet of the entry's flow was seen: refreshes the timestamp when it is
@@ -57,12 +71,23 @@ pub fn touch(e: *mut CtEntry, tcp_flags: u8, now: u64) -> bool {
         if closing {
             (*e).flags |= CT_F_CLOSING;
         }
-        if closing || now.wrapping_sub((*e).last_seen_ns) > CT_REFRESH_NS {
+        if closing || now.saturating_sub((*e).last_seen_ns) > CT_REFRESH_NS {
             (*e).last_seen_ns = now;
             return true;
         }
     }
     false
+}
+
+/// What creating a flow's entries came to.
+pub enum Created {
+    /// Both entries are in place.
+    Tracked,
+    /// The kernel refused an insert: the flow goes on untracked.
+    Untracked,
+    /// The reply key is held by another live flow: the backend already talks to this client
+    /// address and port (two frontends sharing the backend, the client reusing its port).
+    Clash,
 }
 
 /// A new flow: packet `h` to frontend `frontend_id`, sent to `backend`.
@@ -114,24 +139,62 @@ impl NewFlow<'_> {
         self.entry((h.daddr, h.dport), (h.saddr, h.sport), flags)
     }
 
-    /// Creates both entries of a flow whose source stays (`!snat`, `src` is the packet's own)
-    /// or becomes `src`. Returns false if the kernel refused an insert.
+    /// Creates both entries of a flow whose source becomes (`src_addr`, `src_port`), whoever
+    /// held the reply key (the hairpin address is this flow's own). Returns false if the kernel
+    /// refused an insert.
     #[inline(always)]
-    pub fn create(&self, snat: bool, src_addr: u32, src_port: u16) -> bool {
-        let h = self.h;
-        let src = (src_addr, src_port);
-        let flags = if snat { CT_F_SNAT } else { 0 };
-        let reply = self.reply_entry(snat);
+    pub fn create_with_src(&self, src_addr: u32, src_port: u16) -> bool {
+        let reply = self.reply_entry(true);
         if LB_CT
-            .insert(self.reply_key(src.0, src.1), reply, BPF_ANY as u64)
+            .insert(self.reply_key(src_addr, src_port), reply, BPF_ANY as u64)
             .is_err()
         {
             return false;
         }
-        let original = self.entry((self.backend.addr_be, self.backend.port_be), src, flags);
+        let original = self.entry(
+            (self.backend.addr_be, self.backend.port_be),
+            (src_addr, src_port),
+            CT_F_SNAT,
+        );
         LB_CT
-            .insert(key_of(h, CT_DIR_ORIGINAL), original, BPF_ANY as u64)
+            .insert(key_of(self.h, CT_DIR_ORIGINAL), original, BPF_ANY as u64)
             .is_ok()
+    }
+
+    /// Creates the entries of a flow whose source stays. The reply key may be held already: by
+    /// an entry of this same flow (a retransmitted SYN, the client reusing its port to the same
+    /// frontend) or of a flow that is over, which this one takes over; or by another live flow,
+    /// which must keep it: then [`Created::Clash`], and nothing is written.
+    #[inline(always)]
+    pub fn create_plain(&self) -> Created {
+        let h = self.h;
+        let key = self.reply_key(h.saddr, h.sport);
+        let reply = self.reply_entry(false);
+        if LB_CT.insert(key, reply, BPF_NOEXIST as u64).is_err() {
+            if let Some(old) = LB_CT.get_ptr(key) {
+                // SAFETY: `old` points to a live LRU hash value; read as plain integers.
+                let old = unsafe { *old };
+                let same = old.nat_addr_be == h.daddr && old.nat_port_be == h.dport;
+                if !same && is_live(&old, h.proto, self.now) {
+                    return Created::Clash;
+                }
+            }
+            if LB_CT.insert(key, reply, BPF_ANY as u64).is_err() {
+                return Created::Untracked;
+            }
+        }
+        let original = self.entry(
+            (self.backend.addr_be, self.backend.port_be),
+            (h.saddr, h.sport),
+            0,
+        );
+        if LB_CT
+            .insert(key_of(h, CT_DIR_ORIGINAL), original, BPF_ANY as u64)
+            .is_err()
+        {
+            return Created::Untracked;
+        }
+        Created::Tracked
     }
 
     /// Picks a free source port on `addr` for this flow (one no other flow to the same
@@ -167,9 +230,10 @@ impl NewFlow<'_> {
 }
 
 /// (Re)writes the reply entry of an established flow from its original entry `e`: the LRU may
-/// have evicted it while the original lives.
+/// have evicted it while the original lives. An entry of this flow is refreshed in place; one
+/// of another live flow (which took the key over after this flow's expired) is left alone.
 #[inline(always)]
-pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) -> bool {
+pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
     let snat = e.flags & CT_F_SNAT != 0;
     let (src_addr, src_port) = if snat {
         (e.rev_addr_be, e.rev_port_be)
@@ -185,17 +249,29 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) -> bool {
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
+    if let Some(r) = LB_CT.get_ptr_mut(key) {
+        // SAFETY: `r` points to a live LRU hash value of plain integers; racing writes of the
+        // timestamp are benign.
+        unsafe {
+            if (*r).nat_addr_be == h.daddr && (*r).nat_port_be == h.dport {
+                (*r).last_seen_ns = now;
+                (*r).flags |= e.flags & CT_F_CLOSING;
+            }
+        }
+        return;
+    }
     let reply = CtEntry {
         created_ns: e.created_ns,
         last_seen_ns: now,
         nat_addr_be: h.daddr,
         nat_port_be: h.dport,
-        flags: if snat { CT_F_SNAT } else { 0 },
+        flags: e.flags & (CT_F_SNAT | CT_F_CLOSING),
         backend_id: e.backend_id,
         frontend_id: e.frontend_id,
         rev_addr_be: h.saddr,
         rev_port_be: h.sport,
         _pad: 0,
     };
-    LB_CT.insert(key, reply, BPF_ANY as u64).is_ok()
+    // Lost to a racing insert or a full map: the next refresh tries again.
+    let _ = LB_CT.insert(key, reply, BPF_NOEXIST as u64);
 }

@@ -1,7 +1,7 @@
 //! The load-balancing decision, independent of the hook: frontend lookup, backend choice,
 //! conntrack, and which address and port to rewrite.
 
-use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     hash::{flow_hash, slot_of},
     maps::{
@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{self, NewFlow},
+    conntrack::{self, Created, NewFlow},
     hook::Hook,
     maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS, LB_SRC_RANGES},
     parse::{Headers, TCP_ACK, TCP_SYN},
@@ -110,7 +110,7 @@ pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> (Reason, Action) {
         return to_frontend(hook, h, len, &fe);
     }
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_REPLY)) {
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = conntrack::now();
         // SAFETY: `e` points to a live LRU hash value; read as plain integers.
         let entry = unsafe { *e };
         if conntrack::is_live(&entry, h.proto, now) {
@@ -131,7 +131,7 @@ fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reas
         count_frontend(fe.id, len, false);
         return (Reason::DropSourceRange, Action::Drop);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::now();
     let is_syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_ORIGINAL)) {
         // SAFETY: `e` points to a live LRU hash value; read as plain integers.
@@ -185,27 +185,29 @@ fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reas
         // Hairpin: a pod balanced to itself. From its own address the reply would never leave
         // the pod; from the hairpin address it comes back through this program.
         let hairpin = u32::from_ne_bytes(HAIRPIN_ADDR);
-        let reason = if flow.create(true, hairpin, h.sport) {
+        let reason = if flow.create_with_src(hairpin, h.sport) {
             Reason::DnatNew
         } else {
             Reason::DnatNewUntracked
         };
         return (reason, Action::Rewrite(dnat.with_src(hairpin, h.sport)));
     }
-    if let Some(addr) = hook.snat_source(h, b.addr_be) {
-        // The backend is behind another node: its reply must come back through this one.
-        let hash = flow_hash(h.saddr, h.daddr, h.sport, h.dport, h.proto);
-        return match flow.create_snat(addr, hash) {
-            Some(port) => (Reason::DnatNew, Action::Rewrite(dnat.with_src(addr, port))),
-            None => (Reason::DropSnatExhausted, Action::Drop),
-        };
-    }
-    let reason = if flow.create(false, h.saddr, h.sport) {
-        Reason::DnatNew
-    } else {
-        Reason::DnatNewUntracked
+    // The source the flow takes: a node address when the backend is behind another node (its
+    // reply must come back through this node), else the client's own unless the backend already
+    // talks to that client address and port for another flow (then a remapped port).
+    let (snat_addr, reason) = match hook.snat_source(h, b.addr_be) {
+        Some(addr) => (addr, Reason::DnatNew),
+        None => match flow.create_plain() {
+            Created::Tracked => return (Reason::DnatNew, Action::Rewrite(dnat)),
+            Created::Untracked => return (Reason::DnatNewUntracked, Action::Rewrite(dnat)),
+            Created::Clash => (h.saddr, Reason::DnatNewPortRemap),
+        },
     };
-    (reason, Action::Rewrite(dnat))
+    let hash = flow_hash(h.saddr, h.daddr, h.sport, h.dport, h.proto);
+    match flow.create_snat(snat_addr, hash) {
+        Some(port) => (reason, Action::Rewrite(dnat.with_src(snat_addr, port))),
+        None => (Reason::DropSnatExhausted, Action::Drop),
+    }
 }
 
 /// Whether `saddr` is in one of frontend `fe_id`'s source ranges.
@@ -242,7 +244,7 @@ fn choose(h: &Headers, fe: &Frontend, now: u64) -> Option<(u32, Backend)> {
         if let Some(a) = LB_AFFINITY.get_ptr_mut(akey) {
             // SAFETY: `a` points to a live LRU hash value of plain integers.
             let aff = unsafe { *a };
-            if now.wrapping_sub(aff.last_seen_ns) <= timeout_ns {
+            if now.saturating_sub(aff.last_seen_ns) <= timeout_ns {
                 if let Some(b) = backend_of(fe.id, aff.backend_id) {
                     // SAFETY: as above; a racing write of the same field is benign.
                     unsafe { (*a).last_seen_ns = now };
