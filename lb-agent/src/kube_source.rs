@@ -389,14 +389,9 @@ impl ApiSource {
     /// What the stores hold now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            services: self
-                .services
-                .state()
-                .iter()
-                .map(|s| (**s).clone())
-                .collect(),
-            endpoint_slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
-            nodes: self.nodes.state().iter().map(|s| (**s).clone()).collect(),
+            services: self.services.state(),
+            endpoint_slices: self.slices.state(),
+            nodes: self.nodes.state(),
         }
     }
 
@@ -408,14 +403,12 @@ impl ApiSource {
         keys: &BTreeSet<String>,
         slices: impl IntoIterator<Item = &'a String>,
     ) -> Snapshot {
-        fn lookup<K>(store: &Store<K>, key: &str) -> Option<K>
+        fn lookup<K>(store: &Store<K>, key: &str) -> Option<Arc<K>>
         where
             K: kube::Resource<DynamicType = ()> + Clone,
         {
             let (ns, name) = key.split_once('/')?;
-            store
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|o| (*o).clone())
+            store.get(&ObjectRef::new(name).within(ns))
         }
         let services = keys
             .iter()
@@ -428,7 +421,7 @@ impl ApiSource {
         Snapshot {
             services,
             endpoint_slices,
-            nodes: self.nodes.state().iter().map(|s| (**s).clone()).collect(),
+            nodes: self.nodes.state(),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
@@ -255,7 +256,7 @@ struct NodeInfo {
 }
 
 impl NodeInfo {
-    fn find(nodes: &[Node], node_name: &str, diagnostics: &mut Vec<Diagnostic>) -> NodeInfo {
+    fn find(nodes: &[Arc<Node>], node_name: &str, diagnostics: &mut Vec<Diagnostic>) -> NodeInfo {
         let mut info = NodeInfo {
             name: node_name.to_owned(),
             zone: String::new(),
@@ -311,7 +312,10 @@ struct SliceIndex<'a> {
 }
 
 impl<'a> SliceIndex<'a> {
-    fn build(slices: &'a [EndpointSlice], diagnostics: &mut Vec<Diagnostic>) -> SliceIndex<'a> {
+    fn build(
+        slices: &'a [Arc<EndpointSlice>],
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> SliceIndex<'a> {
         let mut by_service: BTreeMap<(String, String), BTreeMap<String, &'a EndpointSlice>> =
             BTreeMap::new();
         for slice in slices {

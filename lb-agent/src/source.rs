@@ -208,19 +208,19 @@ fn load_value(
         ("v1", "Service") => {
             if let Some(mut service) = decode::<Service>(value, &kind, file, place, diagnostics) {
                 default_namespace(&mut service.metadata);
-                snapshot.services.push(service);
+                snapshot.services.push(service.into());
             }
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             if let Some(mut slice) = decode::<EndpointSlice>(value, &kind, file, place, diagnostics)
             {
                 default_namespace(&mut slice.metadata);
-                snapshot.endpoint_slices.push(slice);
+                snapshot.endpoint_slices.push(slice.into());
             }
         }
         ("v1", "Node") => {
             if let Some(node) = decode::<Node>(value, &kind, file, place, diagnostics) {
-                snapshot.nodes.push(node);
+                snapshot.nodes.push(node.into());
             }
         }
         // Other kinds (Deployments, Pods, Endpoints, ...) are not the proxy's business.

@@ -2,6 +2,10 @@
 //! as kube-proxy's service health server (pkg/proxy/healthcheck, apiservice.NeedsHealthCheck,
 //! EndpointsMap.LocalReadyEndpoints). Pure: no kernel needed.
 
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use lb_agent::{
     model::Snapshot,
     plan::{health_checks, HealthCheck},
@@ -46,16 +50,17 @@ fn snapshot(services: Vec<Value>, slices: Vec<Value>) -> Snapshot {
     Snapshot {
         services: services
             .into_iter()
-            .map(|v| serde_json::from_value(v).unwrap())
+            .map(|v| serde_json::from_value::<Service>(v).unwrap().into())
             .collect(),
         endpoint_slices: slices
             .into_iter()
-            .map(|v| serde_json::from_value(v).unwrap())
+            .map(|v| serde_json::from_value::<EndpointSlice>(v).unwrap().into())
             .collect(),
         nodes: vec![
-            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node",
+            serde_json::from_value::<Node>(json!({"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": NODE}}))
-            .unwrap(),
+            .unwrap()
+            .into(),
         ],
     }
 }
