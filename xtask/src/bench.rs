@@ -63,12 +63,8 @@ pub enum Which {
         /// Rounds; each runs every contender once.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// New connections per measurement (each to a random Service).
-        #[arg(long, default_value_t = 2000)]
-        connections: usize,
-        /// Requests on one established connection per measurement.
-        #[arg(long, default_value_t = 5000)]
-        requests: usize,
+        #[command(flatten)]
+        load: crate::bench_e2e::Load,
     },
     /// Gather target/bench/*.json into bench/results.json and bench/*.svg; print the tables.
     Report,
@@ -127,9 +123,8 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
         Which::E2e {
             ref services,
             rounds,
-            connections,
-            requests,
-        } => crate::bench_e2e::e2e(services, rounds, connections, requests),
+            ref load,
+        } => crate::bench_e2e::e2e(services, rounds, load),
         Which::Report => crate::bench_report::report(),
         Which::All => {
             crate::bench_packet::packet(&crate::bench_packet::PacketOpts {
@@ -140,7 +135,18 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
                 calls: 20_000,
             })?;
             crate::bench_cp::control_plane(&[100, 1000, 10_000], 1, 4)?;
-            crate::bench_e2e::e2e(&[100, 1000, 10_000], 2, 1000, 3000)?;
+            crate::bench_e2e::e2e(
+                &[100, 1000, 10_000],
+                2,
+                &crate::bench_e2e::Load {
+                    contenders: ["ours", "iptables", "nftables", "floor"]
+                        .map(String::from)
+                        .into(),
+                    concurrency: 32,
+                    seconds: 3.0,
+                    threads: 2,
+                },
+            )?;
             crate::bench_report::report()
         }
         Which::SyncLatency {

@@ -1,15 +1,16 @@
-//! `bench e2e`: new connections/s (connect, request, response, close) and requests/s on an
-//! established connection, from a client pod to ClusterIPs, through the same node namespace and
+//! `bench e2e`: new connections/s (connect, request, response, close) and requests/s on
+//! established connections, from a client pod to ClusterIPs, through the same node namespace and
 //! the same N Services for every contender: our agent (tcx on pod veths, the default), kube-proxy's
 //! iptables layout (iptables-restore) and its nftables layout (nft -f), loaded into the node's
 //! namespace. Every Service has the same 10 endpoints (10 backend pods, port 8080): the rules
 //! and maps still hold N x 10 endpoints (kube-proxy's SEP chains are per Service), only the pods
 //! are shared. Each connection goes to a random Service, so rule walks are not all short.
-//! Contenders alternate within each round; each is loaded fresh and removed after.
+//! The load is concurrent (loadgen.rs), so the CPUs are busy and each rate comes with the
+//! machine's CPU time per connection or request. Contenders alternate within each round; each
+//! is loaded fresh and removed after.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     process::Command,
     time::{Duration, Instant},
 };
@@ -23,70 +24,44 @@ use crate::{
     bench_cp::{load_iptables, median, services, write_manifests},
     build::root,
     kube_rules,
+    loadgen::{LoadGen, Rate},
 };
 
-const CONTENDERS: [&str; 3] = ["ours", "iptables", "nftables"];
+/// The contenders; `floor` is no service layer at all: the client connects straight to random
+/// backend pods, so the CPU a layer adds per connection is its CPU per connection minus the
+/// floor's.
+const CONTENDERS: [&str; 4] = ["ours", "iptables", "nftables", "floor"];
 
-fn lcg(x: &mut u64) -> u64 {
-    *x = x
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
-    *x >> 33
-}
-
-/// Runs the traffic in the client pod's namespace: (conn/s, req/s).
-fn traffic(node: &Node, vips: &[SocketAddr], conns: usize, reqs: usize) -> Result<(f64, f64)> {
-    let vips = vips.to_vec();
-    node.pod("client")
-        .ns()
-        .enter(move || -> Result<(f64, f64)> {
-            let budget = Duration::from_secs(120);
-            let mut x = 0x1234_5678u64;
-            let one = |addr: SocketAddr| -> Result<TcpStream> {
-                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                s.set_nodelay(true)?;
-                Ok(s)
-            };
-            let ask = |s: &mut TcpStream,
-                       r: &mut BufReader<TcpStream>,
-                       line: &mut String|
-             -> Result<()> {
-                s.write_all(b"x\n")?;
-                line.clear();
-                if r.read_line(line)? == 0 {
-                    bail!("closed without an answer");
-                }
-                Ok(())
-            };
-            let mut line = String::new();
-            let t = Instant::now();
-            for _ in 0..conns {
-                let addr = vips[lcg(&mut x) as usize % vips.len()];
-                let mut s = one(addr).with_context(|| format!("connect {addr}"))?;
-                let mut r = BufReader::new(s.try_clone()?);
-                ask(&mut s, &mut r, &mut line).with_context(|| format!("request to {addr}"))?;
-                if t.elapsed() > budget {
-                    bail!("new connections over budget");
-                }
-            }
-            let conn_rate = conns as f64 / t.elapsed().as_secs_f64();
-            let addr = vips[lcg(&mut x) as usize % vips.len()];
-            let mut s = one(addr)?;
-            let mut r = BufReader::new(s.try_clone()?);
-            let t = Instant::now();
-            for _ in 0..reqs {
-                ask(&mut s, &mut r, &mut line)?;
-                if t.elapsed() > budget {
-                    bail!("requests over budget");
-                }
-            }
-            Ok((conn_rate, reqs as f64 / t.elapsed().as_secs_f64()))
-        })
+/// How hard and how long `bench e2e` drives each contender.
+#[derive(clap::Args, Clone)]
+pub struct Load {
+    /// Contenders to run, comma-separated (the summary's ratios need all four).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ours,iptables,nftables,floor"
+    )]
+    pub contenders: Vec<String>,
+    /// Connection loops (new connections) and open connections (requests) at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Measured seconds per contender, round and kind (after half a second of warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Worker threads of the load generator (client and servers together).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// Runs the end-to-end benchmark; results in target/bench/e2e.json.
-pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<()> {
+pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
+    if let Some(c) = load
+        .contenders
+        .iter()
+        .find(|c| !CONTENDERS.contains(&c.as_str()))
+    {
+        bail!("--contenders: unknown {c:?}, want some of {CONTENDERS:?}");
+    }
     let agent = root().join("target/release/lb-agent");
     let mut node = Node::new("e2e")?;
     node.add_pod("client", [10, 244, 0, 2])?;
@@ -94,10 +69,14 @@ pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<
     for (k, ip) in pods.iter().enumerate() {
         node.add_pod(&format!("b{k}"), *ip)?;
     }
-    let _servers = node.pods()[1..]
+    let servers: Vec<_> = node.pods()[1..].iter().collect();
+    let gen = LoadGen::start(node.pod("client").ns(), &servers, 8080, load.threads)?;
+    let direct: Vec<SocketAddr> = pods
         .iter()
-        .map(|p| p.tcp_server(8080))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|ip| SocketAddr::from((*ip, 8080)))
+        .collect();
+    let warmup = Duration::from_millis(500);
+    let window = Duration::from_secs_f64(load.seconds);
     let tmp = TempDir::new("e2e")?;
     let mut rows = Vec::new();
     for &n in sizes {
@@ -109,10 +88,13 @@ pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<
             .iter()
             .map(|s| SocketAddr::from((s.ip, s.port)))
             .collect();
-        let mut conn = vec![Vec::new(); 3];
-        let mut req = vec![Vec::new(); 3];
+        let mut conn: Vec<Vec<Rate>> = vec![Vec::new(); CONTENDERS.len()];
+        let mut req: Vec<Vec<Rate>> = vec![Vec::new(); CONTENDERS.len()];
         for round in 0..rounds {
             for (c, name) in CONTENDERS.iter().enumerate() {
+                if !load.contenders.iter().any(|x| x == name) {
+                    continue;
+                }
                 let mut child = None;
                 let mut bpffs = None;
                 let mut dir = None;
@@ -166,6 +148,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<
                     "iptables" => {
                         load_iptables(node.ns(), &svcs, tmp.path())?;
                     }
+                    "floor" => {}
                     _ => {
                         let f = tmp.path().join("full.nft");
                         std::fs::write(&f, kube_rules::nft_full(&svcs))?;
@@ -176,7 +159,13 @@ pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<
                         )?;
                     }
                 }
-                let r = traffic(&node, &vips, conns, reqs);
+                let to = if *name == "floor" { &direct } else { &vips };
+                let r = gen
+                    .connections(to, load.concurrency, warmup, window)
+                    .and_then(|c| {
+                        let r = gen.requests(to, load.concurrency, warmup, window)?;
+                        Ok((c, r))
+                    });
                 if let Some(mut ch) = child {
                     ch.stop()?;
                     let b = bpffs.take().context("bpffs")?;
@@ -192,24 +181,54 @@ pub fn e2e(sizes: &[usize], rounds: usize, conns: usize, reqs: usize) -> Result<
                 node.ns().run("nft", &["flush", "ruleset"])?;
                 crate::bench_cp::flush_iptables(node.ns())?;
                 let (cr, rr) = r.with_context(|| format!("{name} at {n} services"))?;
-                println!("{n} services round {round}: {name:<9} {cr:>8.0} conn/s {rr:>8.0} req/s");
+                println!(
+                    "{n} services round {round}: {name:<9} {:>8.0} conn/s ({:>5.1} us CPU each, {} errors) {:>8.0} req/s ({:>5.1} us CPU each, {} errors)",
+                    cr.per_s, cr.cpu_us, cr.errors, rr.per_s, rr.cpu_us, rr.errors
+                );
+                for e in [&cr.first_error, &rr.first_error].into_iter().flatten() {
+                    println!("  first error: {e}");
+                }
                 conn[c].push(cr);
                 req[c].push(rr);
             }
         }
-        let cm: Vec<f64> = conn.iter_mut().map(|v| median(v)).collect();
-        let rm: Vec<f64> = req.iter_mut().map(|v| median(v)).collect();
+        if conn.iter().any(|v| v.is_empty()) {
+            continue;
+        }
+        let med =
+            |v: &[Rate], f: fn(&Rate) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+        let cm: Vec<f64> = conn.iter().map(|v| med(v, |r| r.per_s)).collect();
+        let cc: Vec<f64> = conn.iter().map(|v| med(v, |r| r.cpu_us)).collect();
+        let rm: Vec<f64> = req.iter().map(|v| med(v, |r| r.per_s)).collect();
+        let rc: Vec<f64> = req.iter().map(|v| med(v, |r| r.cpu_us)).collect();
+        let errors: u64 = conn.iter().chain(&req).flatten().map(|r| r.errors).sum();
+        let added = |c: usize| cc[c] - cc[3];
         println!(
-            "{n} services: conn/s ours {:.0}, iptables {:.0} (ours {:.2}x), nftables {:.0} (ours {:.2}x); req/s ours {:.0}, iptables {:.0}, nftables {:.0}",
-            cm[0], cm[1], cm[0] / cm[1], cm[2], cm[0] / cm[2], rm[0], rm[1], rm[2]
+            "{n} services: conn/s ours {:.0}, iptables {:.0} (ours {:.2}x), nftables {:.0} (ours {:.2}x), floor {:.0}; CPU us/conn {:.1} / {:.1} / {:.1} / floor {:.1} (added: ours {:.1}, iptables {:.1}, nftables {:.1}); req/s {:.0} / {:.0} / {:.0} / {:.0}; {errors} errors",
+            cm[0], cm[1], cm[0] / cm[1], cm[2], cm[0] / cm[2], cm[3], cc[0], cc[1], cc[2], cc[3],
+            added(0), added(1), added(2), rm[0], rm[1], rm[2], rm[3]
         );
+        let three = |v: &[f64], digits: usize| {
+            let fields: Vec<String> = CONTENDERS
+                .iter()
+                .zip(v)
+                .map(|(c, x)| format!("\"{c}\":{x:.digits$}"))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        };
         rows.push(format!(
-            "{{\"services\":{n},\"conn_per_s\":{{\"ours\":{:.0},\"iptables\":{:.0},\"nftables\":{:.0}}},\"req_per_s\":{{\"ours\":{:.0},\"iptables\":{:.0},\"nftables\":{:.0}}}}}",
-            cm[0], cm[1], cm[2], rm[0], rm[1], rm[2]
+            "{{\"services\":{n},\"conn_per_s\":{},\"cpu_us_per_conn\":{},\"req_per_s\":{},\"cpu_us_per_req\":{},\"errors\":{errors}}}",
+            three(&cm, 0),
+            three(&cc, 1),
+            three(&rm, 0),
+            three(&rc, 2)
         ));
     }
     let json = format!(
-        "{{\"benchmark\":\"e2e\",\"rounds\":{rounds},\"connections\":{conns},\"requests\":{reqs},\"results\":[{}]}}\n",
+        "{{\"benchmark\":\"e2e\",\"rounds\":{rounds},\"concurrency\":{},\"seconds\":{},\"threads\":{},\"results\":[{}]}}\n",
+        load.concurrency,
+        load.seconds,
+        load.threads,
         rows.join(",")
     );
     let out = root().join("target/bench");

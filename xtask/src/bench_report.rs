@@ -214,53 +214,103 @@ pub fn report() -> Result<()> {
     };
     if !cp.is_empty() {
         let xs = col(&cp, &["services"]);
+        let series = vec![
+            ("ours (sync)".to_string(), col(&cp, &["sync_ms", "ours"])),
+            (
+                "ours (start, with the API list)".to_string(),
+                col(&cp, &["start_ms", "ours"]),
+            ),
+            (
+                "iptables-restore".to_string(),
+                col(&cp, &["start_ms", "iptables"]),
+            ),
+            ("nft -f".to_string(), col(&cp, &["start_ms", "nftables"])),
+        ];
         std::fs::write(
             dir.join("control-plane.svg"),
-            plot(
-                "Start to programmed, N Services x 10 endpoints",
-                "ms",
-                &xs,
-                &three(&cp, "start_ms"),
-            ),
+            plot("Programming N Services x 10 endpoints", "ms", &xs, &series),
         )?;
-        println!("\n| Services | start: ours | iptables-restore | nft -f | iptables / ours | change: ours | iptables | nft | agent RSS MiB |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("\n| Services | ours: sync | start | iptables-restore | nft -f | iptables / ours | nft / ours | change: ours | iptables | nft | agent RSS MiB |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &cp {
             let g = |a: &str, b: &str| r[a][b].as_f64().unwrap_or(0.0);
             println!(
-                "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1}x | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} |",
-                r["services"], g("start_ms", "ours"), g("start_ms", "iptables"), g("start_ms", "nftables"),
-                g("start_ms", "iptables") / g("start_ms", "ours"), g("change_ms", "ours"), g("change_ms", "iptables"),
-                g("change_ms", "nftables"), r["agent_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+                "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.1}x | {:.1}x | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} |",
+                r["services"], g("sync_ms", "ours"), g("start_ms", "ours"), g("start_ms", "iptables"),
+                g("start_ms", "nftables"), g("start_ms", "iptables") / g("sync_ms", "ours"),
+                g("start_ms", "nftables") / g("sync_ms", "ours"), g("change_ms", "ours"),
+                g("change_ms", "iptables"), g("change_ms", "nftables"),
+                r["agent_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
             );
         }
     }
     if !ee.is_empty() {
         let xs = col(&ee, &["services"]);
+        let four = |key: &str| -> Vec<(String, Vec<f64>)> {
+            ["ours", "iptables", "nftables", "floor"]
+                .iter()
+                .map(|c| (c.to_string(), col(&ee, &[key, c])))
+                .collect()
+        };
         std::fs::write(
             dir.join("e2e.svg"),
             plot(
-                "New connections per second through ClusterIPs",
+                "New connections per second through ClusterIPs (floor: straight to pod IPs)",
                 "conn/s",
                 &xs,
-                &three(&ee, "conn_per_s"),
+                &four("conn_per_s"),
             ),
         )?;
-        println!("\n| Services | conn/s ours | iptables | nftables | ours/iptables | ours/nftables | req/s ours | iptables | nftables |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let floor = col(&ee, &["cpu_us_per_conn", "floor"]);
+        let added: Vec<(String, Vec<f64>)> = three(&ee, "cpu_us_per_conn")
+            .into_iter()
+            .map(|(c, v)| (c, v.iter().zip(&floor).map(|(x, f)| x - f).collect()))
+            .collect();
+        std::fs::write(
+            dir.join("e2e-cpu.svg"),
+            plot(
+                "CPU a service layer adds to each new connection (over the floor)",
+                "us per connection",
+                &xs,
+                &added,
+            ),
+        )?;
+        println!("\n| Services | conn/s ours | iptables | nftables | floor | ours/iptables | ours/nftables | req/s ours | iptables | nftables | floor |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &ee {
             let g = |a: &str, b: &str| r[a][b].as_f64().unwrap_or(0.0);
             println!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} | {:.0} | {:.0} |",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
                 r["services"],
                 g("conn_per_s", "ours"),
                 g("conn_per_s", "iptables"),
                 g("conn_per_s", "nftables"),
+                g("conn_per_s", "floor"),
                 g("conn_per_s", "ours") / g("conn_per_s", "iptables"),
                 g("conn_per_s", "ours") / g("conn_per_s", "nftables"),
                 g("req_per_s", "ours"),
                 g("req_per_s", "iptables"),
-                g("req_per_s", "nftables")
+                g("req_per_s", "nftables"),
+                g("req_per_s", "floor")
+            );
+        }
+        println!("\n| Services | CPU us/conn ours | iptables | nftables | floor | added: ours | iptables | nftables | iptables/ours (added) | errors |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &ee {
+            let g = |b: &str| r["cpu_us_per_conn"][b].as_f64().unwrap_or(0.0);
+            let add = |b: &str| g(b) - g("floor");
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}x | {} |",
+                r["services"],
+                g("ours"),
+                g("iptables"),
+                g("nftables"),
+                g("floor"),
+                add("ours"),
+                add("iptables"),
+                add("nftables"),
+                add("iptables") / add("ours"),
+                r["errors"]
             );
         }
     }

@@ -9,6 +9,7 @@ mod bench_sync;
 mod build;
 mod demo;
 mod kube_rules;
+mod loadgen;
 mod setup;
 
 use std::process::ExitCode;
