@@ -180,6 +180,10 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                 drop(dir);
                 node.ns().run("nft", &["flush", "ruleset"])?;
                 crate::bench_cp::flush_iptables(node.ns())?;
+                // The rules layouts leave a conntrack entry per connection (120 s in TIME_WAIT):
+                // tens of thousands a run, and the kernel's table (nf_conntrack_max, shared by
+                // every namespace) would fill and drop SYNs in the next contender's run.
+                node.ns().run("conntrack", &["-F"])?;
                 let (cr, rr) = r.with_context(|| format!("{name} at {n} services"))?;
                 println!(
                     "{n} services round {round}: {name:<9} {:>8.0} conn/s ({:>5.1} us CPU each, {} errors) {:>8.0} req/s ({:>5.1} us CPU each, {} errors)",

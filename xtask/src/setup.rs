@@ -17,6 +17,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("iptables", "iptables-restore"),
     ("nftables", "nft"),
+    ("conntrack", "conntrack"),
 ];
 
 /// The pinned bpf-linker version.
