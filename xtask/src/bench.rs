@@ -14,7 +14,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lb_tests::{BpffsGuard, Client, Node, TempDir, POD_IFACE_GLOB};
 
-use crate::build::{self, root};
+use crate::{
+    bench_cp::median,
+    build::{self, root},
+};
 
 /// Options of `bench`.
 #[derive(Args)]
@@ -98,11 +101,6 @@ impl Contender {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Runs a benchmark.
 pub fn bench(opts: &BenchOpts) -> Result<()> {
     if !opts.no_build {
@@ -137,7 +135,7 @@ pub fn bench(opts: &BenchOpts) -> Result<()> {
             crate::bench_cp::control_plane(&[100, 1000, 10_000], 1, 4)?;
             crate::bench_e2e::e2e(
                 &[100, 1000, 10_000],
-                2,
+                3,
                 &crate::bench_e2e::Load {
                     contenders: ["ours", "iptables", "nftables", "floor"]
                         .map(String::from)

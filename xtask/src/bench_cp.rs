@@ -71,10 +71,15 @@ fn fe_key(s: &Svc) -> FrontendKey {
     }
 }
 
-/// Median of `v`.
+/// Median of `v` (the mean of the middle two for an even count).
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 /// Writes a manifests directory with `svcs` (Service 0 alone in svc-0.yaml, the rest in one file).
