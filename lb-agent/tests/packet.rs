@@ -331,6 +331,50 @@ fn flows_from_one_client_port_to_two_frontends_sharing_a_backend_stay_apart() {
     }
 }
 
+/// Test that a new connection takes over the reply key of a closed one (FIN seen) instead of
+/// being remapped, as the kernel's NAT reuses the tuples of connections in TIME_WAIT: a client
+/// reusing its port for another Service sharing the backend keeps its port, and the backend's
+/// replies now go back from the new Service.
+#[test]
+fn a_new_connection_takes_over_the_reply_key_of_a_closed_one() {
+    const VIP2: [u8; 4] = [10, 96, 0, 20];
+    let backend = [10, 244, 0, 11];
+    for hook in HOOKS {
+        let mut second = frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]);
+        second.service = "test/other".into();
+        second.ip = Ipv4Addr::from(VIP2).into();
+        let mut f = Fixture::new(vec![
+            frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]),
+            second,
+        ]);
+
+        f.run(hook, &tcp(CLIENT, 41000, VIP, 80, true));
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4(CLIENT, VIP, 64)
+            .tcp(41000, 80, 1001, 65535)
+            .ack(1)
+            .fin();
+        let mut fin = Vec::with_capacity(b.size(0));
+        b.write(&mut fin, &[]).unwrap();
+        let (_, out) = f.run(hook, &fin);
+        assert_eq!(dst_of(&out).to_string(), "10.244.0.11:8080", "{hook:?}");
+
+        let (_, out) = f.run(hook, &tcp(CLIENT, 41000, VIP2, 80, true));
+        assert_eq!(
+            out,
+            tcp(CLIENT, 41000, backend, 8080, true),
+            "{hook:?}: own port kept"
+        );
+        assert_eq!(f.verdict(Reason::DnatNewPortRemap), 0, "{hook:?}");
+        let (_, out) = f.run(hook, &tcp(backend, 8080, CLIENT, 41000, false));
+        assert_eq!(
+            out,
+            tcp(VIP2, 80, CLIENT, 41000, false),
+            "{hook:?}: reply from the new one"
+        );
+    }
+}
+
 /// Test that a packet from a backend to a client with no tracked flow is not rewritten.
 #[test]
 fn reply_without_a_tracked_flow_passes_untouched() {

@@ -23,7 +23,7 @@ use lb_common::maps::{
 
 use crate::{
     maps::LB_CT,
-    parse::{Headers, TCP_FIN, TCP_RST},
+    parse::{Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// Now, on the conntrack clock (CLOCK_MONOTONIC_COARSE), ns.
@@ -58,6 +58,38 @@ pub fn is_live(e: &CtEntry, proto: u8, now: u64) -> bool {
         CT_LIFETIME_UDP_NS
     };
     now.saturating_sub(e.last_seen_ns) <= lifetime
+}
+
+/// Whether a new flow may take over the key of `old`, another flow's entry: when `old` is over,
+/// or closing and the new flow opens with a TCP SYN (as the kernel's NAT reuses the tuples of
+/// connections in CLOSE or TIME_WAIT: the peer's socket of the closed flow is gone).
+#[inline(always)]
+fn reusable(old: &CtEntry, h: &Headers, now: u64) -> bool {
+    let syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    !is_live(old, h.proto, now) || (syn && old.flags & CT_F_CLOSING != 0)
+}
+
+/// Inserts `value` at `key` unless a live entry of another flow holds it (see [`reusable`]);
+/// `same` says whether an existing entry belongs to this same flow. Returns whether it wrote.
+#[inline(always)]
+fn claim(
+    key: CtKey,
+    value: &CtEntry,
+    h: &Headers,
+    now: u64,
+    same: impl Fn(&CtEntry) -> bool,
+) -> bool {
+    if LB_CT.insert(key, *value, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    if let Some(old) = LB_CT.get_ptr(key) {
+        // SAFETY: `old` points to a live LRU hash value; read as plain integers.
+        let old = unsafe { *old };
+        if !same(&old) && !reusable(&old, h, now) {
+            return false;
+        }
+    }
+    LB_CT.insert(key, *value, BPF_ANY as u64).is_ok()
 }
 
 /// Records that a packet of the entry's flow was seen: refreshes the timestamp when it is
@@ -163,25 +195,19 @@ impl NewFlow<'_> {
 
     /// Creates the entries of a flow whose source stays. The reply key may be held already: by
     /// an entry of this same flow (a retransmitted SYN, the client reusing its port to the same
-    /// frontend) or of a flow that is over, which this one takes over; or by another live flow,
-    /// which must keep it: then [`Created::Clash`], and nothing is written.
+    /// frontend) or of a flow that is over or closing (see [`reusable`]), which this one takes
+    /// over; or by another live flow, which must keep it: then [`Created::Clash`], and nothing
+    /// is written.
     #[inline(always)]
     pub fn create_plain(&self) -> Created {
         let h = self.h;
         let key = self.reply_key(h.saddr, h.sport);
         let reply = self.reply_entry(false);
-        if LB_CT.insert(key, reply, BPF_NOEXIST as u64).is_err() {
-            if let Some(old) = LB_CT.get_ptr(key) {
-                // SAFETY: `old` points to a live LRU hash value; read as plain integers.
-                let old = unsafe { *old };
-                let same = old.nat_addr_be == h.daddr && old.nat_port_be == h.dport;
-                if !same && is_live(&old, h.proto, self.now) {
-                    return Created::Clash;
-                }
-            }
-            if LB_CT.insert(key, reply, BPF_ANY as u64).is_err() {
-                return Created::Untracked;
-            }
+        let same = |old: &CtEntry| old.nat_addr_be == h.daddr && old.nat_port_be == h.dport;
+        if !claim(key, &reply, h, self.now, same) {
+            // A failed insert into a key nobody holds also lands here; a remapped port is
+            // as good an answer to that.
+            return Created::Clash;
         }
         let original = self.entry(
             (self.backend.addr_be, self.backend.port_be),
@@ -197,9 +223,9 @@ impl NewFlow<'_> {
         Created::Tracked
     }
 
-    /// Picks a free source port on `addr` for this flow (one no other flow to the same
-    /// backend uses), claims it with the reply entry, and creates the original entry.
-    /// Returns the port, or None when every port tried was taken.
+    /// Picks a free source port on `addr` for this flow (one no other live flow to the same
+    /// backend uses; see [`reusable`]), claims it with the reply entry, and creates the
+    /// original entry. Returns the port, or None when every port tried was taken.
     #[inline(always)]
     pub fn create_snat(&self, addr: u32, hash: u32) -> Option<u16> {
         let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
@@ -209,10 +235,13 @@ impl NewFlow<'_> {
             // Spread the tries over the range: a step coprime to it visits distinct ports.
             let port = SNAT_PORT_MIN + ((hash.wrapping_add(i * 2_654_435_761)) % range) as u16;
             let port_be = port.to_be();
-            if LB_CT
-                .insert(self.reply_key(addr, port_be), reply, BPF_NOEXIST as u64)
-                .is_ok()
-            {
+            if claim(
+                self.reply_key(addr, port_be),
+                &reply,
+                self.h,
+                self.now,
+                |_| false,
+            ) {
                 let original = self.entry(
                     (self.backend.addr_be, self.backend.port_be),
                     (addr, port_be),
@@ -249,13 +278,19 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
+    // `e` is the entry as it was before this packet: a FIN or RST closes the flow now.
+    let closing = if e.flags & CT_F_CLOSING != 0 || h.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_F_CLOSING
+    } else {
+        0
+    };
     if let Some(r) = LB_CT.get_ptr_mut(key) {
         // SAFETY: `r` points to a live LRU hash value of plain integers; racing writes of the
         // timestamp are benign.
         unsafe {
             if (*r).nat_addr_be == h.daddr && (*r).nat_port_be == h.dport {
                 (*r).last_seen_ns = now;
-                (*r).flags |= e.flags & CT_F_CLOSING;
+                (*r).flags |= closing;
             }
         }
         return;
@@ -265,7 +300,7 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
         last_seen_ns: now,
         nat_addr_be: h.daddr,
         nat_port_be: h.dport,
-        flags: e.flags & (CT_F_SNAT | CT_F_CLOSING),
+        flags: (e.flags & CT_F_SNAT) | closing,
         backend_id: e.backend_id,
         frontend_id: e.frontend_id,
         rev_addr_be: h.saddr,
