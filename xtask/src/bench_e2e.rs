@@ -16,8 +16,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::maps::{Frontend, FrontendKey, MAP_FRONTENDS, PROTO_TCP};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    maps::{Counter, Frontend, FrontendKey, MAP_FRONTENDS, MAP_VERDICTS, PROTO_TCP},
+    verdict::Reason,
+};
 use lb_tests::{manifests::ManifestDir, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
 
 use crate::{
@@ -167,8 +170,23 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                         Ok((c, r))
                     });
                 if let Some(mut ch) = child {
-                    ch.stop()?;
                     let b = bpffs.take().context("bpffs")?;
+                    // Packets the agent's programs dropped or could not rewrite, by reason.
+                    let pin = b.path().join("maps").join(MAP_VERDICTS);
+                    let verdicts: PerCpuArray<_, Counter> =
+                        PerCpuArray::try_from(Map::from_map_data(MapData::from_pin(&pin)?)?)?;
+                    for reason in Reason::ALL {
+                        let n: u64 = verdicts
+                            .get(&(reason as u32), 0)?
+                            .iter()
+                            .map(|c| c.packets)
+                            .sum();
+                        let name = reason.name();
+                        if n > 0 && (name.starts_with("drop") || name.starts_with("abort")) {
+                            println!("  ours: {n} packets {name}");
+                        }
+                    }
+                    ch.stop()?;
                     let out = Command::new(&agent)
                         .args(["cleanup", "--bpffs"])
                         .arg(b.path())
