@@ -274,22 +274,29 @@ fn src_of(frame: &[u8]) -> ([u8; 4], u16) {
     (ip.header().source_addr().octets(), port)
 }
 
+/// The second frontend's address in the tests of two frontends sharing a backend.
+const VIP2: [u8; 4] = [10, 96, 0, 20];
+
+/// Two TCP frontends, VIP:80 and VIP2:80, with the one backend 10.244.0.11:8080.
+fn two_frontends_one_backend() -> Fixture {
+    let mut second = frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]);
+    second.service = "test/other".into();
+    second.ip = Ipv4Addr::from(VIP2).into();
+    Fixture::new(vec![
+        frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]),
+        second,
+    ])
+}
+
 /// Test that two live flows from one client port to two Services sharing a backend stay apart:
 /// the second one's source port is remapped (its reply key would be the first one's), both
 /// replies are reverse-NATed to their own frontend and the client's own port, and the first
 /// flow's retransmitted SYN is not remapped.
 #[test]
 fn flows_from_one_client_port_to_two_frontends_sharing_a_backend_stay_apart() {
-    const VIP2: [u8; 4] = [10, 96, 0, 20];
     let backend = [10, 244, 0, 11];
     for hook in HOOKS {
-        let mut second = frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]);
-        second.service = "test/other".into();
-        second.ip = Ipv4Addr::from(VIP2).into();
-        let mut f = Fixture::new(vec![
-            frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]),
-            second,
-        ]);
+        let mut f = two_frontends_one_backend();
 
         let (_, out) = f.run(hook, &tcp(CLIENT, 40000, VIP, 80, true));
         assert_eq!(out, tcp(CLIENT, 40000, backend, 8080, true), "{hook:?}");
@@ -337,16 +344,9 @@ fn flows_from_one_client_port_to_two_frontends_sharing_a_backend_stay_apart() {
 /// replies now go back from the new Service.
 #[test]
 fn a_new_connection_takes_over_the_reply_key_of_a_closed_one() {
-    const VIP2: [u8; 4] = [10, 96, 0, 20];
     let backend = [10, 244, 0, 11];
     for hook in HOOKS {
-        let mut second = frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]);
-        second.service = "test/other".into();
-        second.ip = Ipv4Addr::from(VIP2).into();
-        let mut f = Fixture::new(vec![
-            frontend(80, Protocol::Tcp, &["10.244.0.11:8080"]),
-            second,
-        ]);
+        let mut f = two_frontends_one_backend();
 
         f.run(hook, &tcp(CLIENT, 41000, VIP, 80, true));
         let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
