@@ -260,7 +260,8 @@ impl NewFlow<'_> {
 
 /// (Re)writes the reply entry of an established flow from its original entry `e`: the LRU may
 /// have evicted it while the original lives. An entry of this flow is refreshed in place; one
-/// of another live flow (which took the key over after this flow's expired) is left alone.
+/// of another live flow (which took the key over meanwhile) is left alone; an expired one is
+/// replaced.
 #[inline(always)]
 pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
     let snat = e.flags & CT_F_SNAT != 0;
@@ -291,9 +292,12 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
             if (*r).nat_addr_be == h.daddr && (*r).nat_port_be == h.dport {
                 (*r).last_seen_ns = now;
                 (*r).flags |= closing;
+                return;
+            }
+            if is_live(&*r, h.proto, now) {
+                return;
             }
         }
-        return;
     }
     let reply = CtEntry {
         created_ns: e.created_ns,
@@ -307,6 +311,6 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
         rev_port_be: h.sport,
         _pad: 0,
     };
-    // Lost to a racing insert or a full map: the next refresh tries again.
-    let _ = LB_CT.insert(key, reply, BPF_NOEXIST as u64);
+    // Absent, or held by a flow that is over. Lost to a full map: the next refresh tries again.
+    let _ = LB_CT.insert(key, reply, BPF_ANY as u64);
 }
