@@ -338,38 +338,57 @@ fn flows_from_one_client_port_to_two_frontends_sharing_a_backend_stay_apart() {
     }
 }
 
-/// Test that a new connection takes over the reply key of a closed one (FIN seen) instead of
-/// being remapped, as the kernel's NAT reuses the tuples of connections in TIME_WAIT: a client
-/// reusing its port for another Service sharing the backend keeps its port, and the backend's
-/// replies now go back from the new Service.
+/// A TCP FIN (with ACK) from `src` to `dst`.
+fn tcp_fin(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1001, 65535)
+        .ack(1)
+        .fin();
+    let mut v = Vec::with_capacity(b.size(0));
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// Test how a new connection from a reused client port treats the reply key of an earlier one
+/// to another Service sharing the backend: while the earlier one is closed only one way (the
+/// client's FIN) it keeps the key, the new one is remapped and the backend's FIN still reaches
+/// the earlier one's client; once closed both ways its key is taken over (as the kernel's NAT
+/// reuses TIME_WAIT tuples), the client keeps its port and replies come from the new Service.
 #[test]
-fn a_new_connection_takes_over_the_reply_key_of_a_closed_one() {
+fn a_new_connection_takes_over_the_reply_key_of_a_connection_closed_both_ways() {
     let backend = [10, 244, 0, 11];
     for hook in HOOKS {
         let mut f = two_frontends_one_backend();
 
+        // Closed one way: remapped, and the earlier connection still gets its FIN.
         f.run(hook, &tcp(CLIENT, 41000, VIP, 80, true));
-        let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-            .ipv4(CLIENT, VIP, 64)
-            .tcp(41000, 80, 1001, 65535)
-            .ack(1)
-            .fin();
-        let mut fin = Vec::with_capacity(b.size(0));
-        b.write(&mut fin, &[]).unwrap();
-        let (_, out) = f.run(hook, &fin);
-        assert_eq!(dst_of(&out).to_string(), "10.244.0.11:8080", "{hook:?}");
-
+        f.run(hook, &tcp_fin(CLIENT, 41000, VIP, 80));
         let (_, out) = f.run(hook, &tcp(CLIENT, 41000, VIP2, 80, true));
+        let (_, port) = src_of(&out);
+        assert_ne!(port, 41000, "{hook:?}: remapped while half closed");
+        let (_, out) = f.run(hook, &tcp_fin(backend, 8080, CLIENT, 41000));
         assert_eq!(
             out,
-            tcp(CLIENT, 41000, backend, 8080, true),
+            tcp_fin(VIP, 80, CLIENT, 41000),
+            "{hook:?}: the FIN of the first"
+        );
+
+        // Closed both ways: taken over.
+        f.run(hook, &tcp(CLIENT, 41001, VIP, 80, true));
+        f.run(hook, &tcp_fin(CLIENT, 41001, VIP, 80));
+        f.run(hook, &tcp_fin(backend, 8080, CLIENT, 41001));
+        let (_, out) = f.run(hook, &tcp(CLIENT, 41001, VIP2, 80, true));
+        assert_eq!(
+            out,
+            tcp(CLIENT, 41001, backend, 8080, true),
             "{hook:?}: own port kept"
         );
-        assert_eq!(f.verdict(Reason::DnatNewPortRemap), 0, "{hook:?}");
-        let (_, out) = f.run(hook, &tcp(backend, 8080, CLIENT, 41000, false));
+        assert_eq!(f.verdict(Reason::DnatNewPortRemap), 1, "{hook:?}");
+        let (_, out) = f.run(hook, &tcp(backend, 8080, CLIENT, 41001, false));
         assert_eq!(
             out,
-            tcp(VIP2, 80, CLIENT, 41000, false),
+            tcp(VIP2, 80, CLIENT, 41001, false),
             "{hook:?}: reply from the new one"
         );
     }

@@ -60,13 +60,35 @@ pub fn is_live(e: &CtEntry, proto: u8, now: u64) -> bool {
     now.saturating_sub(e.last_seen_ns) <= lifetime
 }
 
-/// Whether a new flow may take over the key of `old`, another flow's entry: when `old` is over,
-/// or closing and the new flow opens with a TCP SYN (as the kernel's NAT reuses the tuples of
-/// connections in CLOSE or TIME_WAIT: the peer's socket of the closed flow is gone).
+/// Whether a new flow may take over the reply key held by `old`, another flow's reply entry:
+/// when `old` is over, or when the new flow opens with a TCP SYN and `old`'s connection has
+/// closed both ways, as the kernel's NAT reuses the tuples of connections in TIME_WAIT. Both
+/// ways: the reply entry saw the backend's FIN or RST, its original entry the client's (or is
+/// gone). A connection closed one way still has packets to deliver through the key.
 #[inline(always)]
 fn reusable(old: &CtEntry, h: &Headers, now: u64) -> bool {
+    if !is_live(old, h.proto, now) {
+        return true;
+    }
     let syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    !is_live(old, h.proto, now) || (syn && old.flags & CT_F_CLOSING != 0)
+    if !syn || old.flags & CT_F_CLOSING == 0 {
+        return false;
+    }
+    // A reply entry's original: from its client (rev_*) to its frontend (nat_*).
+    let original = CtKey {
+        saddr_be: old.rev_addr_be,
+        daddr_be: old.nat_addr_be,
+        sport_be: old.rev_port_be,
+        dport_be: old.nat_port_be,
+        proto: h.proto,
+        dir: CT_DIR_ORIGINAL,
+        _pad: [0; 2],
+    };
+    match LB_CT.get_ptr(original) {
+        // SAFETY: a live LRU hash value; one integer read.
+        Some(o) => unsafe { (*o).flags & CT_F_CLOSING != 0 },
+        None => true,
+    }
 }
 
 /// Inserts `value` at `key` unless a live entry of another flow holds it (see [`reusable`]);
@@ -279,19 +301,12 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
         dir: CT_DIR_REPLY,
         _pad: [0; 2],
     };
-    // `e` is the entry as it was before this packet: a FIN or RST closes the flow now.
-    let closing = if e.flags & CT_F_CLOSING != 0 || h.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        CT_F_CLOSING
-    } else {
-        0
-    };
     if let Some(r) = LB_CT.get_ptr_mut(key) {
         // SAFETY: `r` points to a live LRU hash value of plain integers; racing writes of the
         // timestamp are benign.
         unsafe {
             if (*r).nat_addr_be == h.daddr && (*r).nat_port_be == h.dport {
                 (*r).last_seen_ns = now;
-                (*r).flags |= closing;
                 return;
             }
             if is_live(&*r, h.proto, now) {
@@ -304,7 +319,7 @@ pub fn refresh_reply(h: &Headers, e: &CtEntry, now: u64) {
         last_seen_ns: now,
         nat_addr_be: h.daddr,
         nat_port_be: h.dport,
-        flags: (e.flags & CT_F_SNAT) | closing,
+        flags: e.flags & CT_F_SNAT,
         backend_id: e.backend_id,
         frontend_id: e.frontend_id,
         rev_addr_be: h.saddr,
