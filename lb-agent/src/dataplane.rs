@@ -337,76 +337,74 @@ impl Dataplane {
 
     /// Applies one op.
     fn apply_one(&mut self, op: &MapOp) -> Result<()> {
-        {
-            debug!(?op, "map write");
-            match op {
-                MapOp::PutBackend(id, b) => {
-                    typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?
-                        .insert(id, b, 0)
-                        .map_err(map_err(MAP_BACKENDS))?;
-                }
-                MapOp::PutSlot(k, s) => {
-                    typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?
-                        .insert(k, s, 0)
-                        .map_err(map_err(MAP_SLOTS))?;
-                }
-                MapOp::ResetStats(id) => {
-                    let map = self
-                        .ebpf
-                        .map_mut(MAP_FE_STATS)
-                        .ok_or_else(|| missing(MAP_FE_STATS))?;
-                    let mut stats: PerCpuArray<_, FrontendStats> =
-                        PerCpuArray::try_from(map).map_err(map_err(MAP_FE_STATS))?;
-                    let n = aya::util::nr_cpus().map_or(1, |n| n);
-                    let zero =
-                        PerCpuValues::try_from(vec![FrontendStats::default(); n]).map_err(|e| {
-                            DataplaneError::Map {
-                                name: MAP_FE_STATS,
-                                source: Box::new(aya::maps::MapError::IoError(e)),
-                            }
-                        })?;
-                    stats.set(*id, zero, 0).map_err(map_err(MAP_FE_STATS))?;
-                }
-                MapOp::PutFrontend(k, f) => {
-                    typed_hash::<FrontendKey, Frontend>(&mut self.ebpf, MAP_FRONTENDS)?
-                        .insert(k, f, 0)
-                        .map_err(map_err(MAP_FRONTENDS))?;
-                }
-                MapOp::DelFrontend(k) => remove_ok_if_absent(
-                    typed_hash::<FrontendKey, Frontend>(&mut self.ebpf, MAP_FRONTENDS)?.remove(k),
-                    MAP_FRONTENDS,
-                )?,
-                MapOp::DelSlot(k) => remove_ok_if_absent(
-                    typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?.remove(k),
-                    MAP_SLOTS,
-                )?,
-                MapOp::PutSrcRange(id, addr, len) => {
-                    let map = self
-                        .ebpf
-                        .map_mut(MAP_SRC_RANGES)
-                        .ok_or_else(|| missing(MAP_SRC_RANGES))?;
-                    let mut trie: LpmTrie<_, SrcRange, u32> =
-                        LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
-                    trie.insert(&src_range_key(*id, *addr, *len), 1, 0)
-                        .map_err(map_err(MAP_SRC_RANGES))?;
-                }
-                MapOp::DelSrcRange(id, addr, len) => {
-                    let map = self
-                        .ebpf
-                        .map_mut(MAP_SRC_RANGES)
-                        .ok_or_else(|| missing(MAP_SRC_RANGES))?;
-                    let mut trie: LpmTrie<_, SrcRange, u32> =
-                        LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
-                    remove_ok_if_absent(
-                        trie.remove(&src_range_key(*id, *addr, *len)),
-                        MAP_SRC_RANGES,
-                    )?;
-                }
-                MapOp::DelBackend(id) => remove_ok_if_absent(
-                    typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?.remove(id),
-                    MAP_BACKENDS,
-                )?,
+        debug!(?op, "map write");
+        match op {
+            MapOp::PutBackend(id, b) => {
+                typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?
+                    .insert(id, b, 0)
+                    .map_err(map_err(MAP_BACKENDS))?;
             }
+            MapOp::PutSlot(k, s) => {
+                typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?
+                    .insert(k, s, 0)
+                    .map_err(map_err(MAP_SLOTS))?;
+            }
+            MapOp::ResetStats(id) => {
+                let map = self
+                    .ebpf
+                    .map_mut(MAP_FE_STATS)
+                    .ok_or_else(|| missing(MAP_FE_STATS))?;
+                let mut stats: PerCpuArray<_, FrontendStats> =
+                    PerCpuArray::try_from(map).map_err(map_err(MAP_FE_STATS))?;
+                let n = aya::util::nr_cpus().map_or(1, |n| n);
+                let zero =
+                    PerCpuValues::try_from(vec![FrontendStats::default(); n]).map_err(|e| {
+                        DataplaneError::Map {
+                            name: MAP_FE_STATS,
+                            source: Box::new(aya::maps::MapError::IoError(e)),
+                        }
+                    })?;
+                stats.set(*id, zero, 0).map_err(map_err(MAP_FE_STATS))?;
+            }
+            MapOp::PutFrontend(k, f) => {
+                typed_hash::<FrontendKey, Frontend>(&mut self.ebpf, MAP_FRONTENDS)?
+                    .insert(k, f, 0)
+                    .map_err(map_err(MAP_FRONTENDS))?;
+            }
+            MapOp::DelFrontend(k) => remove_ok_if_absent(
+                typed_hash::<FrontendKey, Frontend>(&mut self.ebpf, MAP_FRONTENDS)?.remove(k),
+                MAP_FRONTENDS,
+            )?,
+            MapOp::DelSlot(k) => remove_ok_if_absent(
+                typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?.remove(k),
+                MAP_SLOTS,
+            )?,
+            MapOp::PutSrcRange(id, addr, len) => {
+                let map = self
+                    .ebpf
+                    .map_mut(MAP_SRC_RANGES)
+                    .ok_or_else(|| missing(MAP_SRC_RANGES))?;
+                let mut trie: LpmTrie<_, SrcRange, u32> =
+                    LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
+                trie.insert(&src_range_key(*id, *addr, *len), 1, 0)
+                    .map_err(map_err(MAP_SRC_RANGES))?;
+            }
+            MapOp::DelSrcRange(id, addr, len) => {
+                let map = self
+                    .ebpf
+                    .map_mut(MAP_SRC_RANGES)
+                    .ok_or_else(|| missing(MAP_SRC_RANGES))?;
+                let mut trie: LpmTrie<_, SrcRange, u32> =
+                    LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
+                remove_ok_if_absent(
+                    trie.remove(&src_range_key(*id, *addr, *len)),
+                    MAP_SRC_RANGES,
+                )?;
+            }
+            MapOp::DelBackend(id) => remove_ok_if_absent(
+                typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?.remove(id),
+                MAP_BACKENDS,
+            )?,
         }
         Ok(())
     }
@@ -650,19 +648,9 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
     attr[2] = keys.as_ptr() as u64;
     attr[3] = values.as_ptr() as u64;
     attr[4] = keys.len() as u64 | (fd as u32 as u64) << 32;
-    // SAFETY: `attr` is a valid bpf_attr for the command; `keys` and `values` hold `count`
-    // elements of the map's key and value sizes and outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // `keys` and `values` hold `count` elements of the map's key and value sizes and outlive
+    // the call.
+    sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     let written = attr[4] as u32 as usize;
     if written != keys.len() {
         return Err(std::io::Error::other(format!(
@@ -678,14 +666,19 @@ fn bpf(cmd: libc::c_long, first: u64) -> std::io::Result<libc::c_long> {
     // union bpf_attr, zeroed past the first field (the kernel checks unused bytes are 0).
     let mut attr = [0u64; 16];
     attr[0] = first;
-    // SAFETY: `attr` is a valid, large enough bpf_attr for `cmd`; any pointer in `first` is
-    // the caller's to keep alive.
+    sys_bpf(cmd, &mut attr)
+}
+
+/// The bpf(2) syscall with the attribute union `attr` (the kernel writes some commands'
+/// results back into it). Any pointer in `attr` is the caller's to keep valid.
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a bpf_attr of the size passed, zeroed where `cmd` reads nothing.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
             attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
+            std::mem::size_of_val(attr),
         )
     };
     if r < 0 {

@@ -13,15 +13,15 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::maps::{Frontend, FrontendKey, MAP_FRONTENDS, PROTO_TCP};
+use lb_common::maps::{FrontendKey, PROTO_TCP};
 use lb_tests::{
     fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi},
     manifests::{node_yaml, ManifestDir, Protocol, Service},
-    BpffsGuard, NetNs, TempDir,
+    NetNs, TempDir,
 };
 
 use crate::{
+    api_agent::{stop_agent, ApiAgent},
     build::root,
     kube_rules::{self, Svc},
 };
@@ -126,7 +126,6 @@ fn api_objects(s: &Svc) -> [serde_json::Value; 2] {
 /// Our agent against the fake API server (the real list/watch protocol, JSON) holding `svcs`:
 /// start to programmed, then `changes` EndpointSlice updates of Service 0 (`alt[0]` and back).
 fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
-    let agent = root().join("target/release/lb-agent");
     let ns = NetNs::new("cp-ours")?;
     let api = FakeApi::start(&ns)?;
     api.apply(node(NODE, Some("172.18.0.10")))?;
@@ -135,31 +134,10 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
             api.apply(o)?;
         }
     }
-    let tmp = TempDir::new("cp-ours")?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let bpffs = BpffsGuard::new("cp")?;
-    let mut cmd = Command::new(&agent);
-    cmd.args(["run", "--node", NODE, "--kubeconfig"])
-        .arg(&kubeconfig)
-        .arg("--bpffs")
-        .arg(bpffs.path())
-        .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
-        .env("NO_COLOR", "1");
+    let agent = ApiAgent::new(&api, NODE, "cp-ours", &[])?;
     let t0 = Instant::now();
-    let mut child = ns.spawn("agent", &cmd)?;
-    let pin = bpffs.path().join("maps").join(MAP_FRONTENDS);
+    let (mut child, fes) = agent.spawn(&ns, t0 + TIMEOUT)?;
     let deadline = t0 + TIMEOUT;
-    let map = loop {
-        if let Ok(d) = MapData::from_pin(&pin) {
-            break Map::from_map_data(d)?;
-        }
-        if Instant::now() > deadline || !child.is_running() {
-            bail!("agent did not pin its maps\n{}", child.logs());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let fes: HashMap<_, FrontendKey, Frontend> = HashMap::try_from(map)?;
     let slots = |s: &Svc| fes.get(&fe_key(s), 0).ok().map(|f| f.slot_count);
     let last = &svcs[svcs.len() - 1];
     while slots(last) != Some(ENDPOINTS as u32)
@@ -205,14 +183,7 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
         change_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let rss_kib = rss.max(rss_kib(child.pid())?);
-    child.stop()?;
-    let out = Command::new(&agent)
-        .args(["cleanup", "--bpffs"])
-        .arg(bpffs.path())
-        .output()?;
-    if !out.status.success() {
-        bail!("cleanup: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    stop_agent(child, agent.bpffs())?;
     Ok(Ours {
         start_ms,
         sync_ms,

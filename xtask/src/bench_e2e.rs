@@ -24,6 +24,7 @@ use lb_common::{
 use lb_tests::{manifests::ManifestDir, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
 
 use crate::{
+    api_agent::{agent_bin, stop_agent},
     bench_cp::{load_iptables, median, services, write_manifests},
     build::root,
     kube_rules,
@@ -65,7 +66,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
     {
         bail!("--contenders: unknown {c:?}, want some of {CONTENDERS:?}");
     }
-    let agent = root().join("target/release/lb-agent");
+    let agent = agent_bin();
     let mut node = Node::new("e2e")?;
     node.add_pod("client", [10, 244, 0, 2])?;
     let pods: Vec<Ipv4Addr> = (0..10).map(|k| Ipv4Addr::new(10, 244, 0, 11 + k)).collect();
@@ -169,7 +170,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                         let r = gen.requests(to, load.concurrency, warmup, window)?;
                         Ok((c, r))
                     });
-                if let Some(mut ch) = child {
+                if let Some(ch) = child {
                     let b = bpffs.take().context("bpffs")?;
                     // Packets the agent's programs dropped or could not rewrite, by reason.
                     let pin = b.path().join("maps").join(MAP_VERDICTS);
@@ -186,14 +187,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                             println!("  ours: {n} packets {name}");
                         }
                     }
-                    ch.stop()?;
-                    let out = Command::new(&agent)
-                        .args(["cleanup", "--bpffs"])
-                        .arg(b.path())
-                        .output()?;
-                    if !out.status.success() {
-                        bail!("cleanup: {}", String::from_utf8_lossy(&out.stderr));
-                    }
+                    stop_agent(ch, b.path())?;
                 }
                 drop(dir);
                 node.ns().run("nft", &["flush", "ruleset"])?;

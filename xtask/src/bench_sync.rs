@@ -8,20 +8,21 @@
 
 use std::{
     net::Ipv4Addr,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::maps::{Frontend, FrontendKey, MAP_FRONTENDS, PROTO_TCP};
+use anyhow::{bail, Result};
+use lb_common::maps::{FrontendKey, PROTO_TCP};
 use lb_tests::{
     fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi, Port},
-    BpffsGuard, Node, TempDir,
+    Node,
 };
 use serde_json::Value;
 
-use crate::build::root;
+use crate::{
+    api_agent::{stop_agent, ApiAgent},
+    build::root,
+};
 
 const NODE: &str = "node-a";
 const MIN_SYNC: Duration = Duration::from_millis(10);
@@ -62,7 +63,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// One run at `services` Services; returns the sorted latencies.
 fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
-    let agent_bin = root().join("target/release/lb-agent");
     let node_ns = Node::new("bench-sync")?;
     let api = FakeApi::start(node_ns.ns())?;
     api.apply(node(NODE, Some("172.18.0.10")))?;
@@ -76,35 +76,9 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
         ))?;
         api.apply(slice(i, 2))?;
     }
-    let dir = TempDir::new("bench-sync")?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let bpffs = BpffsGuard::new("bench-sync")?;
-    let mut cmd = Command::new(&agent_bin);
-    cmd.args(["run", "--node", NODE, "--kubeconfig"])
-        .arg(&kubeconfig)
-        .arg("--bpffs")
-        .arg(bpffs.path())
-        .args(["--min-sync-period", "10ms"])
-        .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    let mut agent = node_ns.ns().spawn("agent", &cmd)?;
-
-    // The pinned frontend map, read directly (the agent pins it before it lists anything).
-    let pin = bpffs.path().join("maps").join(MAP_FRONTENDS);
+    let agent_run = ApiAgent::new(&api, NODE, "bench-sync", &["--min-sync-period", "10ms"])?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let map = loop {
-        if let Ok(data) = MapData::from_pin(&pin) {
-            break Map::from_map_data(data).context("pinned LB_FRONTENDS")?;
-        }
-        if Instant::now() > deadline || !agent.is_running() {
-            bail!("the agent did not pin its maps\n{}", agent.logs());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let frontends: HashMap<_, FrontendKey, Frontend> =
-        HashMap::try_from(map).context("LB_FRONTENDS is a hash map")?;
+    let (mut agent, frontends) = agent_run.spawn(node_ns.ns(), deadline)?;
     let slots = |i: usize| frontends.get(&key(i), 0).ok().map(|f| f.slot_count);
     // Initial sync: the last Service is programmed.
     while slots(services - 1) != Some(2) {
@@ -167,14 +141,7 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
             sync_us.len()
         );
     }
-    agent.stop()?;
-    let out = Command::new(&agent_bin)
-        .args(["cleanup", "--bpffs"])
-        .arg(bpffs.path())
-        .output()?;
-    if !out.status.success() {
-        bail!("cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    stop_agent(agent, agent_run.bpffs())?;
     latencies.sort();
     Ok(latencies)
 }

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <command>`.
 
+mod api_agent;
 mod bench;
 mod bench_cp;
 mod bench_e2e;
