@@ -1,8 +1,7 @@
-//! Benchmarks (`sync-latency` lives in bench_sync.rs). `pod-hook`: which program serves pod
-//! interfaces best, tcx or XDP, measured as
-//! new TCP connections per second and requests per second on one established connection,
-//! from a client pod to a ClusterIP, against the routing floor (client to backend pod IP,
-//! no program attached). Contenders alternate within each round; medians are reported.
+//! `pod-hook`: which program serves pod interfaces best, tcx or XDP, measured as new TCP
+//! connections per second and requests per second on one established connection, from a client
+//! pod to a ClusterIP, against the routing floor (client to backend pod IP, no program attached).
+//! Contenders alternate within each round; medians are reported.
 
 use std::{
     net::SocketAddr,
@@ -11,78 +10,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use lb_tests::{BpffsGuard, Client, Node, TempDir, POD_IFACE_GLOB};
+use lb_tests::{agent_bin, workspace_root, BpffsGuard, Client, Node, TempDir, POD_IFACE_GLOB};
 
-use crate::{
-    bench_cp::median,
-    build::{self, root},
-};
-
-/// Options of `bench`.
-#[derive(Args)]
-pub struct BenchOpts {
-    #[command(subcommand)]
-    pub which: Which,
-    /// Skip building (use the binaries already built).
-    #[arg(long, global = true)]
-    pub no_build: bool,
-}
-
-/// The benchmarks.
-#[derive(Subcommand)]
-pub enum Which {
-    /// tcx vs XDP on pod interfaces: new connections/s and requests/s through a ClusterIP.
-    PodHook {
-        /// Rounds; each runs every contender once.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// New connections per measurement.
-        #[arg(long, default_value_t = 2000)]
-        connections: usize,
-        /// Requests on one established connection per measurement.
-        #[arg(long, default_value_t = 5000)]
-        requests: usize,
-    },
-    /// Per-packet cost (BPF_PROG_TEST_RUN) against the floors, 1 to 100,000 Services, 1M flows.
-    Packet(crate::bench_packet::PacketOpts),
-    /// Start to programmed, one endpoint change, agent RSS: ours vs iptables-restore and nft -f.
-    ControlPlane {
-        /// Numbers of Services (10 endpoints each), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
-        services: Vec<usize>,
-        /// Rounds; each runs every contender once.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Endpoint changes per contender and round.
-        #[arg(long, default_value_t = 6)]
-        changes: usize,
-    },
-    /// New connections/s and requests/s through N ClusterIPs: ours vs kube-proxy's layouts.
-    E2e {
-        /// Numbers of Services (10 endpoints each), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
-        services: Vec<usize>,
-        /// Rounds; each runs every contender once.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[command(flatten)]
-        load: crate::bench_e2e::Load,
-    },
-    /// Gather target/bench/*.json into bench/results.json and bench/*.svg; print the tables.
-    Report,
-    /// packet, control-plane and e2e at their default sizes, then report.
-    All,
-    /// EndpointSlice change at the (fake) API -> map entry updated: p50/p99 at each size.
-    SyncLatency {
-        /// Numbers of Services, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "10,10000")]
-        services: Vec<usize>,
-        /// Changes measured at each size.
-        #[arg(long, default_value_t = 300)]
-        changes: usize,
-    },
-}
+use crate::{output::write_results, stats::median};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Contender {
@@ -101,61 +31,9 @@ impl Contender {
     }
 }
 
-/// Runs a benchmark.
-pub fn bench(opts: &BenchOpts) -> Result<()> {
-    if !opts.no_build {
-        build::build_all()?;
-    }
-    match opts.which {
-        Which::PodHook {
-            rounds,
-            connections,
-            requests,
-        } => pod_hook(rounds, connections, requests),
-        Which::Packet(ref o) => crate::bench_packet::packet(o),
-        Which::ControlPlane {
-            ref services,
-            rounds,
-            changes,
-        } => crate::bench_cp::control_plane(services, rounds, changes),
-        Which::E2e {
-            ref services,
-            rounds,
-            ref load,
-        } => crate::bench_e2e::e2e(services, rounds, load),
-        Which::Report => crate::bench_report::report(),
-        Which::All => {
-            crate::bench_packet::packet(&crate::bench_packet::PacketOpts {
-                services: vec![1, 1000, 10_000, 100_000],
-                flows: 1_000_000,
-                repeat: 200_000,
-                runs: 9,
-                calls: 20_000,
-            })?;
-            crate::bench_cp::control_plane(&[100, 1000, 10_000], 1, 4)?;
-            crate::bench_e2e::e2e(
-                &[100, 1000, 10_000],
-                3,
-                &crate::bench_e2e::Load {
-                    contenders: ["ours", "iptables", "nftables", "floor"]
-                        .map(String::from)
-                        .into(),
-                    concurrency: 32,
-                    seconds: 3.0,
-                    threads: 2,
-                },
-            )?;
-            crate::bench_report::report()
-        }
-        Which::SyncLatency {
-            ref services,
-            changes,
-        } => crate::bench_sync::sync_latency(services, changes),
-    }
-}
-
-fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
-    let agent = root().join("target/release/lb-agent");
+/// Runs the pod-hook benchmark; results in target/bench/pod-hook.json.
+pub fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
+    let agent = agent_bin();
     let mut node = Node::new("bench")?;
     node.add_pod("client", [10, 244, 0, 2])?;
     for i in 1..=3u8 {
@@ -168,7 +46,7 @@ fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
     let manifests = TempDir::new("bench-manifests")?;
     for f in ["node.yaml", "echo-service.yaml"] {
         std::fs::copy(
-            root().join("examples/manifests").join(f),
+            workspace_root().join("examples/manifests").join(f),
             manifests.path().join(f),
         )?;
     }
@@ -264,10 +142,6 @@ fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
         ));
     }
     json.push_str("]}\n");
-    let out = root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("pod-hook.json"), json)?;
     println!("tc vs XDP new connections: {:.2}x", conn[1] / conn[2]);
-    println!("results in {}", out.join("pod-hook.json").display());
-    Ok(())
+    write_results("pod-hook.json", &json)
 }
