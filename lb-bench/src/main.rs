@@ -23,8 +23,10 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    about = "Benchmarks of the XDP load balancer; run them with `cargo xtask bench [--no-build] <BENCHMARK> [OPTIONS]`",
-    after_help = "`cargo xtask bench` builds the eBPF object and the release agent first, unless --no-build."
+    bin_name = "cargo xtask bench",
+    about = "The benchmarks of the XDP load balancer (lb-bench); results in target/bench/<benchmark>.json",
+    after_help = "`cargo xtask bench` builds the eBPF object and the release agent first, unless --no-build \
+                  (anywhere on its command line)."
 )]
 struct Cli {
     #[command(subcommand)]
