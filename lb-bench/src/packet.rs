@@ -1,4 +1,4 @@
-//! `packet`: per-packet cost through BPF_PROG_TEST_RUN (needs root).
+//! `bench packet`: per-packet cost through BPF_PROG_TEST_RUN (needs root).
 //!
 //! One set of maps, sized for the largest point, holds 1, then 1,000, 10,000 and 100,000
 //! ClusterIP Services of 10 backends each (added incrementally through the agent's own map

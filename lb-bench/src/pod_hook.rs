@@ -1,4 +1,4 @@
-//! `pod-hook`: which program serves pod interfaces best, tcx or XDP, measured as new TCP
+//! `bench pod-hook`: which program serves pod interfaces best, tcx or XDP, measured as new TCP
 //! connections per second and requests per second on one established connection, from a client
 //! pod to a ClusterIP, against the routing floor (client to backend pod IP, no program attached).
 //! Contenders alternate within each round; medians are reported.
