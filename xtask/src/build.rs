@@ -84,7 +84,8 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+/// `cargo` (the one running xtask) in the workspace root.
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd

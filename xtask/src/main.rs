@@ -1,16 +1,8 @@
 //! Project tasks: `cargo xtask <command>`.
 
-mod api_agent;
 mod bench;
-mod bench_cp;
-mod bench_e2e;
-mod bench_packet;
-mod bench_report;
-mod bench_sync;
 mod build;
 mod demo;
-mod kube_rules;
-mod loadgen;
 mod setup;
 
 use std::process::ExitCode;
@@ -36,7 +28,7 @@ enum Cmd {
     Test(build::TestOpts),
     /// Run the demo: a node of network namespaces, pods, a ClusterIP service, real traffic.
     Demo(demo::DemoOpts),
-    /// Run a benchmark and print medians and ratios.
+    /// Run a benchmark (lb-bench) and print medians and ratios: `cargo xtask bench --help`.
     Bench(bench::BenchOpts),
 }
 

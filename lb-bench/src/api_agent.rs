@@ -10,17 +10,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps::{Frontend, FrontendKey, MAP_FRONTENDS};
-use lb_tests::{fakeapi::FakeApi, BpffsGuard, Child, NetNs, TempDir};
-
-use crate::build::root;
+use lb_tests::{agent_bin, fakeapi::FakeApi, BpffsGuard, Child, NetNs, TempDir};
 
 /// The pinned `LB_FRONTENDS`, read directly.
 pub type Frontends = HashMap<MapData, FrontendKey, Frontend>;
-
-/// The release agent binary the benchmarks run.
-pub fn agent_bin() -> std::path::PathBuf {
-    root().join("target/release/lb-agent")
-}
 
 /// An agent ready to start: its command, kubeconfig and bpffs.
 pub struct ApiAgent {

@@ -1,4 +1,4 @@
-//! Per-packet cost through BPF_PROG_TEST_RUN, run by `cargo xtask bench packet` (needs root).
+//! `bench packet`: per-packet cost through BPF_PROG_TEST_RUN (needs root).
 //!
 //! One set of maps, sized for the largest point, holds 1, then 1,000, 10,000 and 100,000
 //! ClusterIP Services of 10 backends each (added incrementally through the agent's own map
@@ -22,7 +22,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -32,7 +31,6 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use clap::Parser;
 use etherparse::PacketBuilder;
 use lb_agent::{
     dataplane::{Dataplane, HookKind, MapSizes},
@@ -43,35 +41,32 @@ use lb_common::maps::{
     CtEntry, CtKey, Frontend as FeValue, FrontendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, MAP_CT,
     MAP_FRONTENDS, PROTO_TCP,
 };
-use lb_tests::BpffsGuard;
+use lb_tests::{ebpf_object, BpffsGuard};
+
+use crate::{output::write_results, stats::median};
 
 const BACKENDS: usize = 10;
 const PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
 
-#[derive(Parser)]
-struct Opts {
-    /// Numbers of Services, ascending, comma-separated.
+/// Options of `packet`.
+#[derive(clap::Args, Clone)]
+pub struct PacketOpts {
+    /// Numbers of Services (10 backends each), ascending, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
-    services: Vec<usize>,
+    pub services: Vec<usize>,
     /// Established flows in the conntrack table (two entries each).
     #[arg(long, default_value_t = 1_000_000)]
-    flows: usize,
-    /// Runs per measurement in `repeat` mode.
+    pub flows: usize,
+    /// Program runs per BPF_PROG_TEST_RUN call in `repeat` mode.
     #[arg(long, default_value_t = 200_000)]
-    repeat: u32,
+    pub repeat: u32,
     /// Measurements per point (median taken); contenders alternate within each.
     #[arg(long, default_value_t = 9)]
-    runs: usize,
-    /// Calls per contender in `single` mode.
+    pub runs: usize,
+    /// Calls per contender in `single` mode (one packet per call).
     #[arg(long, default_value_t = 20_000)]
-    calls: usize,
-    /// The eBPF object (for the floor programs).
-    #[arg(long)]
-    object: PathBuf,
-    /// Where to write the JSON results.
-    #[arg(long)]
-    out: PathBuf,
+    pub calls: usize,
 }
 
 fn cluster_ip(i: usize) -> Ipv4Addr {
@@ -235,18 +230,16 @@ impl Bench {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn main() -> Result<()> {
-    let opts = Opts::parse();
+/// Runs the per-packet benchmark with the object `cargo xtask build-ebpf` wrote; results in
+/// target/bench/packet.json.
+pub fn packet(opts: &PacketOpts) -> Result<()> {
     if opts.services.is_empty() || opts.services.windows(2).any(|w| w[0] >= w[1]) {
         bail!("--services: ascending sizes");
     }
     let max = *opts.services.last().expect("nonempty");
-    let object = std::fs::read(&opts.object).context("reading the eBPF object")?;
+    let object_path = ebpf_object();
+    let object = std::fs::read(&object_path)
+        .with_context(|| format!("reading the eBPF object {}", object_path.display()))?;
     let bpffs = BpffsGuard::new("bench-pkt")?;
     let sizes = MapSizes {
         frontends: (max as u32 + 1).next_power_of_two().max(1024),
@@ -382,7 +375,7 @@ fn main() -> Result<()> {
                 samples[c].push(ns as f64);
             }
         }
-        let repeat: Vec<f64> = samples.into_iter().map(median).collect();
+        let repeat: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
 
         // `single` mode: a different packet per call.
         let mut single: Vec<Vec<f64>> = (0..3).map(|_| Vec::with_capacity(opts.calls)).collect();
@@ -420,7 +413,7 @@ fn main() -> Result<()> {
             single[1].push(e as f64);
             single[2].push(nf as f64);
         }
-        let single: Vec<f64> = single.into_iter().map(median).collect();
+        let single: Vec<f64> = single.iter_mut().map(|v| median(v)).collect();
         println!(
             "{n:>7} services: repeat: pass {:.1} ns, lookup1 {:.1} ns, established xdp {:.1} ns ({:.2}x lookup1), tc {:.1} ns | single: pass {:.0} ns, established {:.0} ns, new flow {:.0} ns",
             repeat[0], repeat[1], repeat[2], repeat[2] / repeat[1], repeat[3], single[0], single[1], single[2]
@@ -437,6 +430,5 @@ fn main() -> Result<()> {
         opts.calls,
         rows.join(",")
     );
-    std::fs::write(&opts.out, json)?;
-    Ok(())
+    write_results("packet.json", &json)
 }

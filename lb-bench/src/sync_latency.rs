@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use crate::{
     api_agent::{stop_agent, ApiAgent},
-    build::root,
+    output::write_results,
+    stats::percentile,
 };
 
 const NODE: &str = "node-a";
@@ -54,11 +55,6 @@ fn key(i: usize) -> FrontendKey {
         proto: PROTO_TCP,
         scope: 0,
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 /// One run at `services` Services; returns the sorted latencies.
@@ -177,9 +173,5 @@ pub fn sync_latency(sizes: &[usize], changes: usize) -> Result<()> {
         ));
     }
     json.push_str("]}\n");
-    let out = root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("sync-latency.json"), json)?;
-    println!("results in {}", out.join("sync-latency.json").display());
-    Ok(())
+    write_results("sync-latency.json", &json)
 }

@@ -525,3 +525,105 @@ pub fn nft_change(s: &Svc, old: &Svc) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, last_octet: u8, endpoints: &[u8]) -> Svc {
+        Svc {
+            namespace: "default".into(),
+            name: name.into(),
+            port_name: "http".into(),
+            ip: Ipv4Addr::new(10, 96, 0, last_octet),
+            port: 80,
+            endpoints: endpoints
+                .iter()
+                .map(|&e| (Ipv4Addr::new(10, 244, 0, e), 8080))
+                .collect(),
+        }
+    }
+
+    fn count(text: &str, needle: &str) -> usize {
+        text.matches(needle).count()
+    }
+
+    /// Test that chain names have kube-proxy's form and length and depend on what they name.
+    #[test]
+    fn chain_names_have_kube_proxys_form_and_length() {
+        let a = svc("a", 10, &[11, 12]);
+        let b = svc("b", 11, &[11, 12]);
+        for chain in [svc_chain(&a), sep_chain(&a, a.endpoints[0])] {
+            let hash = &chain["KUBE-SVC-".len()..];
+            assert_eq!(hash.len(), 16, "{chain}");
+            assert!(hash
+                .bytes()
+                .all(|c| b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".contains(&c)));
+        }
+        assert_eq!(svc_chain(&a), svc_chain(&a.clone()));
+        assert_ne!(svc_chain(&a), svc_chain(&b));
+        assert_ne!(sep_chain(&a, a.endpoints[0]), sep_chain(&a, a.endpoints[1]));
+        assert!(nft_svc_chain(&a).starts_with("service-"));
+        assert!(nft_svc_chain(&a).ends_with("-default/a/tcp/http"));
+    }
+
+    /// Test that a full iptables sync has every Service's jump, chains and DNATs, and that
+    /// endpoint i of n is chosen with probability 1/(n-i), the last one unconditionally.
+    #[test]
+    fn a_full_iptables_sync_writes_every_service() {
+        let svcs = [svc("a", 10, &[11, 12, 13]), svc("b", 11, &[14, 15])];
+        let out = iptables_restore(&svcs, None, &[]);
+        assert_eq!(
+            count(&out, "-A KUBE-SERVICES -m comment --comment \"default/"),
+            2
+        );
+        assert_eq!(count(&out, "-j DNAT --to-destination"), 5);
+        assert_eq!(count(&out, "--probability 0.3333333333"), 1);
+        assert_eq!(count(&out, "--probability 0.5000000000"), 2);
+        assert_eq!(count(&out, "-m statistic"), 3);
+        assert_eq!(count(&out, "COMMIT\n"), 2);
+        assert!(out.ends_with("COMMIT\n"));
+    }
+
+    /// Test that a partial iptables sync rewrites every jump but only the changed Service's
+    /// chains, and deletes the SEP chains of endpoints that left.
+    #[test]
+    fn a_partial_iptables_sync_writes_only_the_changed_service() {
+        let old = svc("a", 10, &[11, 12, 13]);
+        let svcs = [svc("a", 10, &[11, 12]), svc("b", 11, &[14, 15])];
+        let gone: Vec<String> = sep_chains(&old)
+            .into_iter()
+            .filter(|c| !sep_chains(&svcs[0]).contains(c))
+            .collect();
+        assert_eq!(gone.len(), 1);
+        let out = iptables_restore(&svcs, Some(0), &gone);
+        assert_eq!(
+            count(&out, "-A KUBE-SERVICES -m comment --comment \"default/"),
+            2
+        );
+        assert_eq!(count(&out, "-j DNAT --to-destination"), 2);
+        assert_eq!(count(&out, &format!("-A {}", svc_chain(&svcs[1]))), 0);
+        assert!(out.contains(&format!("-X {}\n", gone[0])));
+    }
+
+    /// Test that an nftables change adds the new endpoint's chain, rewrites the service chain
+    /// and deletes the chain of the endpoint that left.
+    #[test]
+    fn an_nft_change_adds_and_deletes_endpoint_chains() {
+        let old = svc("a", 10, &[11, 12]);
+        let new = svc("a", 10, &[12, 13]);
+        let out = nft_change(&new, &old);
+        assert!(out.contains(&format!(
+            "add chain {T} {}\n",
+            nft_ep_chain(&new, new.endpoints[1])
+        )));
+        assert!(out.contains(&format!(
+            "delete chain {T} {}\n",
+            nft_ep_chain(&old, old.endpoints[0])
+        )));
+        assert_eq!(count(&out, "numgen random mod 2 vmap"), 1);
+        let full = nft_full(&[old]);
+        assert_eq!(count(&full, "dnat to 10.244.0."), 2);
+        assert_eq!(count(&full, "add element ip kube-proxy service-ips"), 1);
+    }
+}

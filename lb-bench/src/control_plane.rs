@@ -7,90 +7,29 @@
 
 use std::{
     net::Ipv4Addr,
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use lb_common::maps::{FrontendKey, PROTO_TCP};
 use lb_tests::{
     fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi},
-    manifests::{node_yaml, ManifestDir, Protocol, Service},
     NetNs, TempDir,
 };
 
 use crate::{
     api_agent::{stop_agent, ApiAgent},
-    build::root,
     kube_rules::{self, Svc},
+    load_rules::{load_iptables, load_nft, restore_iptables},
+    output::write_results,
+    services::{fe_key, services, ENDPOINTS, NODE},
+    stats::median,
 };
 
-const NODE: &str = "node-a";
-const ENDPOINTS: usize = 10;
+/// How long a start may take.
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-/// ClusterIP of Service i (10.96.0.0/12).
-pub fn cluster_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 10 + i as u32)
-}
 
 fn endpoint_ip(i: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 16 + k) as u32)
-}
-
-/// The benchmark's Services: svc-i, port 80 -> endpoints:8080, `eps` endpoints for Service 0.
-pub fn services(n: usize, eps0: usize, ep: impl Fn(usize, usize) -> (Ipv4Addr, u16)) -> Vec<Svc> {
-    (0..n)
-        .map(|i| Svc {
-            namespace: "default".into(),
-            name: format!("svc-{i}"),
-            port_name: "http".into(),
-            ip: cluster_ip(i),
-            port: 80,
-            endpoints: (0..if i == 0 { eps0 } else { ENDPOINTS })
-                .map(|k| ep(i, k))
-                .collect(),
-        })
-        .collect()
-}
-
-fn yaml(s: &Svc) -> String {
-    let svc =
-        Service::new(&s.name, s.ip).port(&s.port_name, Protocol::Tcp, s.port, s.endpoints[0].1);
-    let ips: Vec<Ipv4Addr> = s.endpoints.iter().map(|e| e.0).collect();
-    svc.with_endpoints(NODE, &ips)
-}
-
-fn fe_key(s: &Svc) -> FrontendKey {
-    FrontendKey {
-        addr_be: u32::from_ne_bytes(s.ip.octets()),
-        port_be: s.port.to_be(),
-        proto: PROTO_TCP,
-        scope: 0,
-    }
-}
-
-/// Median of `v` (the mean of the middle two for an even count).
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n.is_multiple_of(2) {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    } else {
-        v[n / 2]
-    }
-}
-
-/// Writes a manifests directory with `svcs` (Service 0 alone in svc-0.yaml, the rest in one file).
-pub fn write_manifests(dir: &ManifestDir, svcs: &[Svc]) -> Result<()> {
-    dir.write("node.yaml", &node_yaml(NODE))?;
-    dir.write("svc-0.yaml", &yaml(&svcs[0]))?;
-    let rest: Vec<String> = svcs[1..].iter().map(yaml).collect();
-    if !rest.is_empty() {
-        dir.write("services.yaml", &rest.join("---\n"))?;
-    }
-    Ok(())
 }
 
 struct Ours {
@@ -192,68 +131,6 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
     })
 }
 
-/// Runs `program args` in `ns` and returns its wall time in ms.
-pub fn timed(ns: &NetNs, program: &str, args: &[&str]) -> Result<f64> {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    let t = Instant::now();
-    let out = ns.output(&cmd, TIMEOUT)?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-    }
-    Ok(ms)
-}
-
-/// The iptables commands: the legacy backend (what many kube-proxy nodes run, and the faster
-/// of the two here both to restore and to walk), or Debian's default nf_tables backend with
-/// `BENCH_IPTABLES=nft` (it takes over ten minutes to restore 10,000 Services here).
-pub fn iptables_cmds() -> (&'static str, &'static str) {
-    match std::env::var("BENCH_IPTABLES").as_deref() {
-        Ok("nft") => ("iptables-nft", "iptables-nft-restore"),
-        _ => ("iptables-legacy", "iptables-legacy-restore"),
-    }
-}
-
-/// Removes every iptables rule and chain from `ns` (`nft flush ruleset` does not reach the
-/// legacy backend's tables).
-pub fn flush_iptables(ns: &NetNs) -> Result<()> {
-    let (iptables, _) = iptables_cmds();
-    for table in ["nat", "filter", "mangle"] {
-        ns.run(iptables, &["-w", "5", "-t", table, "-F"])?;
-        ns.run(iptables, &["-w", "5", "-t", table, "-X"])?;
-    }
-    Ok(())
-}
-
-/// Loads kube-proxy's iptables layout of `svcs` into `ns` (jumps first, then the restore).
-pub fn load_iptables(ns: &NetNs, svcs: &[Svc], tmp: &Path) -> Result<f64> {
-    let (iptables, _) = iptables_cmds();
-    for j in kube_rules::iptables_jumps() {
-        ns.run(iptables, &j)?;
-    }
-    let f = tmp.join("full.iptables");
-    std::fs::write(&f, kube_rules::iptables_restore(svcs, None, &[]))?;
-    timed(
-        ns,
-        iptables_cmds().1,
-        &[
-            "-w",
-            "5",
-            "--noflush",
-            "--counters",
-            f.to_str().context("path")?,
-        ],
-    )
-}
-
 fn iptables(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<(f64, Vec<f64>)> {
     let ns = NetNs::new("cp-ipt")?;
     let tmp = TempDir::new("cp-ipt")?;
@@ -267,17 +144,7 @@ fn iptables(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<(f64, Vec<f64>)
             .collect();
         let f = tmp.path().join(format!("change-{c}.iptables"));
         std::fs::write(&f, kube_rules::iptables_restore(new, Some(0), &gone))?;
-        ch.push(timed(
-            &ns,
-            iptables_cmds().1,
-            &[
-                "-w",
-                "5",
-                "--noflush",
-                "--counters",
-                f.to_str().context("path")?,
-            ],
-        )?);
+        ch.push(restore_iptables(&ns, &f)?);
     }
     Ok((start, ch))
 }
@@ -287,13 +154,13 @@ fn nft(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<(f64, Vec<f64>)> {
     let tmp = TempDir::new("cp-nft")?;
     let f = tmp.path().join("full.nft");
     std::fs::write(&f, kube_rules::nft_full(svcs))?;
-    let start = timed(&ns, "nft", &["-f", f.to_str().context("path")?])?;
+    let start = load_nft(&ns, &f)?;
     let mut ch = Vec::new();
     for c in 0..changes {
         let (new, old) = if c % 2 == 0 { (alt, svcs) } else { (svcs, alt) };
         let f = tmp.path().join(format!("change-{c}.nft"));
         std::fs::write(&f, kube_rules::nft_change(&new[0], &old[0]))?;
-        ch.push(timed(&ns, "nft", &["-f", f.to_str().context("path")?])?);
+        ch.push(load_nft(&ns, &f)?);
     }
     Ok((start, ch))
 }
@@ -359,9 +226,5 @@ pub fn control_plane(sizes: &[usize], rounds: usize, changes: usize) -> Result<(
         "{{\"benchmark\":\"control-plane\",\"rounds\":{rounds},\"changes\":{changes},\"results\":[{}]}}\n",
         rows.join(",")
     );
-    let out = root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("control-plane.json"), json)?;
-    println!("results in {}", out.join("control-plane.json").display());
-    Ok(())
+    write_results("control-plane.json", &json)
 }

@@ -18,17 +18,19 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    maps::{Counter, Frontend, FrontendKey, MAP_FRONTENDS, MAP_VERDICTS, PROTO_TCP},
+    maps::{Counter, Frontend, FrontendKey, MAP_FRONTENDS, MAP_VERDICTS},
     verdict::Reason,
 };
-use lb_tests::{manifests::ManifestDir, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
+use lb_tests::{agent_bin, manifests::ManifestDir, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
 
 use crate::{
-    api_agent::{agent_bin, stop_agent},
-    bench_cp::{load_iptables, median, services, write_manifests},
-    build::root,
+    api_agent::stop_agent,
     kube_rules,
+    load_rules::{flush_iptables, load_iptables, load_nft},
     loadgen::{LoadGen, Rate},
+    output::write_results,
+    services::{fe_key, services, write_manifests},
+    stats::median,
 };
 
 /// The contenders; `floor` is no service layer at all: the client connects straight to random
@@ -131,13 +133,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                         let pin = b.path().join("maps").join(MAP_FRONTENDS);
                         let fes: HashMap<_, FrontendKey, Frontend> =
                             HashMap::try_from(Map::from_map_data(MapData::from_pin(&pin)?)?)?;
-                        let last = &svcs[n - 1];
-                        let key = FrontendKey {
-                            addr_be: u32::from_ne_bytes(last.ip.octets()),
-                            port_be: 80u16.to_be(),
-                            proto: PROTO_TCP,
-                            scope: 0,
-                        };
+                        let key = fe_key(&svcs[n - 1]);
                         let t = Instant::now();
                         while fes.get(&key, 0).map(|f| f.slot_count).ok() != Some(10) {
                             if t.elapsed() > Duration::from_secs(300) {
@@ -156,11 +152,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                     _ => {
                         let f = tmp.path().join("full.nft");
                         std::fs::write(&f, kube_rules::nft_full(&svcs))?;
-                        crate::bench_cp::timed(
-                            node.ns(),
-                            "nft",
-                            &["-f", f.to_str().context("path")?],
-                        )?;
+                        load_nft(node.ns(), &f)?;
                     }
                 }
                 let to = if *name == "floor" { &direct } else { &vips };
@@ -191,7 +183,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                 }
                 drop(dir);
                 node.ns().run("nft", &["flush", "ruleset"])?;
-                crate::bench_cp::flush_iptables(node.ns())?;
+                flush_iptables(node.ns())?;
                 // The rules layouts leave a conntrack entry per connection (120 s in TIME_WAIT):
                 // tens of thousands a run, and the kernel's table (nf_conntrack_max, shared by
                 // every namespace) would fill and drop SYNs in the next contender's run.
@@ -247,9 +239,5 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
         load.threads,
         rows.join(",")
     );
-    let out = root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("e2e.json"), json)?;
-    println!("results in {}", out.join("e2e.json").display());
-    Ok(())
+    write_results("e2e.json", &json)
 }

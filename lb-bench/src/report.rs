@@ -7,7 +7,9 @@ use std::fmt::Write;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::build::root;
+use lb_tests::workspace_root;
+
+use crate::output::results_dir;
 
 const COLORS: [&str; 6] = [
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02",
@@ -99,7 +101,7 @@ fn plot(title: &str, ylabel: &str, xs: &[f64], series: &[(String, Vec<f64>)]) ->
 }
 
 fn read(name: &str) -> Option<Value> {
-    let p = root().join("target/bench").join(name);
+    let p = results_dir().join(name);
     serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
 }
 
@@ -117,12 +119,12 @@ fn col(rows: &[Value], path: &[&str]) -> Vec<f64> {
 
 /// Writes bench/results.json and bench/*.svg; prints the tables.
 pub fn report() -> Result<()> {
-    let dir = root().join("bench");
+    let dir = workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
     let packet = read("packet.json");
     let e2e = read("e2e.json");
     let mut cp = Vec::new();
-    for f in std::fs::read_dir(root().join("target/bench"))? {
+    for f in std::fs::read_dir(results_dir())? {
         let name = f?.file_name().to_string_lossy().into_owned();
         if name.starts_with("control-plane") && name.ends_with(".json") {
             cp.extend(results(&read(&name)));
