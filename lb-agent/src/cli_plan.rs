@@ -11,9 +11,9 @@ use crate::plan::{plan, Plan};
 /// Loads `manifests`, plans it for node `node`, prints the plan as one pretty JSON object on
 /// stdout and each diagnostic as `warning: NAMESPACE/NAME: reason` on stderr.
 ///
-/// Returns the process exit code: 0 when a plan was printed (even with warnings). An unreadable
-/// directory is an error.
-pub fn run_plan_command(manifests: &Path, node: &str) -> anyhow::Result<i32> {
+/// Warnings do not fail the command: a plan is printed whenever the directory could be read. An
+/// unreadable directory, or a plan that cannot be written to stdout, is an error.
+pub fn run_plan_command(manifests: &Path, node: &str) -> anyhow::Result<()> {
     let (plan, diagnostics) = plan_dir(manifests, node)?;
     let mut stderr = std::io::stderr().lock();
     for diagnostic in &diagnostics {
@@ -24,7 +24,7 @@ pub fn run_plan_command(manifests: &Path, node: &str) -> anyhow::Result<i32> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{json}").context("writing the plan to stdout")?;
     stdout.flush().context("writing the plan to stdout")?;
-    Ok(0)
+    Ok(())
 }
 
 /// Loads `manifests` and plans it for node `node`: the loader's diagnostics, then the plan's.

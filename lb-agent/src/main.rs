@@ -1,6 +1,6 @@
 //! lb-agent: the node agent of the XDP Service load balancer.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +40,10 @@ enum XdpModeArg {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at startup; boxing Run's flags would buy nothing"
+)]
 enum Cmd {
     /// Program the dataplane from the Kubernetes API (or manifests) and keep it in sync until
     /// SIGINT/SIGTERM.
@@ -53,11 +57,11 @@ enum Cmd {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// /healthz and /livez (kube-proxy's meaning) on this address; empty to disable.
-        #[arg(long, default_value = "0.0.0.0:10256")]
-        healthz_bind_address: String,
+        #[arg(long, default_value = "0.0.0.0:10256", value_parser = bind_address)]
+        healthz_bind_address: BindAddress,
         /// /metrics (Prometheus) on this address; empty to disable.
-        #[arg(long, default_value = "127.0.0.1:10249")]
-        metrics_bind_address: String,
+        #[arg(long, default_value = "127.0.0.1:10249", value_parser = bind_address)]
+        metrics_bind_address: BindAddress,
         /// This node's name (as its Node object).
         #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
         node: String,
@@ -65,8 +69,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
         /// Globs of pod interface names (host side), comma-separated, e.g. 'lxc*,cali*'.
-        #[arg(long, value_delimiter = ',')]
-        pod_interfaces: Vec<String>,
+        #[arg(long, value_delimiter = ',', value_parser = glob_pattern)]
+        pod_interfaces: Vec<glob::Pattern>,
         /// Program for pod interfaces.
         #[arg(long, value_enum, default_value = "tc")]
         pod_hook: PodHook,
@@ -119,6 +123,25 @@ enum Cmd {
     },
 }
 
+/// A listen address given as ADDRESS:PORT, or "" for "do not listen".
+#[derive(Clone, Copy, Debug)]
+struct BindAddress(Option<SocketAddr>);
+
+/// Parses ADDRESS:PORT, or "" to disable the listener.
+fn bind_address(s: &str) -> Result<BindAddress, String> {
+    if s.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    s.parse().map(|addr| BindAddress(Some(addr))).map_err(|_| {
+        "want ADDRESS:PORT (e.g. 0.0.0.0:10256 or [::]:10256), or empty to disable".into()
+    })
+}
+
+/// Parses a glob of interface names, e.g. 'lxc*'.
+fn glob_pattern(s: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(s).map_err(|e| format!("not a glob: {e}"))
+}
+
 /// Parses "10ms", "2s", "1m" or a bare number of milliseconds.
 fn humantime_ms(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -140,7 +163,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main() {
-        Ok(code) => ExitCode::from(code),
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lb-agent: error: {e:#}");
             ExitCode::FAILURE
@@ -148,7 +171,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> Result<u8> {
+fn real_main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run {
             manifests,
@@ -167,34 +190,19 @@ fn real_main() -> Result<u8> {
             resync_period,
             nodeport_source_ranges,
         } => {
-            let pod_patterns = pod_interfaces
-                .iter()
-                .map(|p| {
-                    glob::Pattern::new(p)
-                        .with_context(|| format!("bad --pod-interfaces glob {p:?}"))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let bind = |flag: &str, v: &str| -> Result<Option<std::net::SocketAddr>> {
-                if v.is_empty() {
-                    return Ok(None);
-                }
-                v.parse()
-                    .map(Some)
-                    .with_context(|| format!("bad {flag} {v:?} (want ADDRESS:PORT)"))
-            };
             let cfg = RunConfig {
                 source: match manifests {
                     Some(dir) => SourceConfig::Manifests(dir),
                     None => SourceConfig::Api { kubeconfig },
                 },
-                healthz_bind_address: bind("--healthz-bind-address", &healthz_bind_address)?,
-                metrics_bind_address: bind("--metrics-bind-address", &metrics_bind_address)?,
+                healthz_bind_address: healthz_bind_address.0,
+                metrics_bind_address: metrics_bind_address.0,
                 node,
                 bpffs,
                 selector: Selector {
                     devices,
                     device_hook: HookKind::Xdp,
-                    pod_patterns,
+                    pod_patterns: pod_interfaces,
                     pod_hook: match pod_hook {
                         PodHook::Tc => HookKind::Tc,
                         PodHook::Xdp => HookKind::XdpPod,
@@ -218,13 +226,9 @@ fn real_main() -> Result<u8> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(lb_agent::run::run(cfg))?;
-            Ok(0)
+            rt.block_on(lb_agent::run::run(cfg))
         }
-        Cmd::Plan { manifests, node } => {
-            let code = lb_agent::cli_plan::run_plan_command(&manifests, &node)?;
-            Ok(u8::try_from(code).unwrap_or(1))
-        }
+        Cmd::Plan { manifests, node } => lb_agent::cli_plan::run_plan_command(&manifests, &node),
         Cmd::Inspect {
             bpffs,
             json,
@@ -241,7 +245,7 @@ fn real_main() -> Result<u8> {
                     lb_agent::inspect::inspect_text(&bpffs, conntrack_limit)?
                 );
             }
-            Ok(0)
+            Ok(())
         }
         Cmd::Cleanup { bpffs } => {
             let removed = dataplane::cleanup(&bpffs)
@@ -249,7 +253,47 @@ fn real_main() -> Result<u8> {
             for p in &removed {
                 println!("removed {}", p.display());
             }
-            Ok(0)
+            Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bind addresses `lb-agent run` was given, parsed as clap parses them.
+    fn bind_addresses(args: &[&str]) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let argv = ["lb-agent", "run", "--node", "n"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("arguments parse").cmd {
+            Cmd::Run {
+                healthz_bind_address,
+                metrics_bind_address,
+                ..
+            } => (healthz_bind_address.0, metrics_bind_address.0),
+            _ => unreachable!("run was given"),
+        }
+    }
+
+    /// Test that the bind addresses default to kube-proxy's ports and that an empty value
+    /// disables the listener (the tests and benchmarks start agents that way).
+    #[test]
+    fn bind_addresses_default_and_empty_disables() {
+        assert_eq!(
+            bind_addresses(&[]),
+            (
+                Some("0.0.0.0:10256".parse().unwrap()),
+                Some("127.0.0.1:10249".parse().unwrap())
+            )
+        );
+        assert_eq!(
+            bind_addresses(&[
+                "--healthz-bind-address",
+                "",
+                "--metrics-bind-address",
+                "[::1]:9"
+            ]),
+            (None, Some("[::1]:9".parse().unwrap()))
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Where objects come from: a directory of manifests (later: the Kubernetes API).
+//! Objects from a directory of manifests (the Kubernetes API source is `kube_source`).
 //!
 //! `load_dir` reads what `kubectl get -o yaml` prints (single objects, multi-document files and
 //! `kind: List` documents) into a [`Snapshot`]. A document that cannot be read is reported as a

@@ -4,7 +4,8 @@
 //! yaml` prints them), `expected.json` (the plan, in `lb-agent plan`'s output shape), optionally
 //! `warnings.txt` (one line per expected diagnostic: a substring of its text) and `node.txt` (the
 //! node to plan for; "node-a" otherwise). The manifests go through the real loader, so each case
-//! also checks `source::load_dir`.
+//! also checks `source::load_dir`. The invalid-objects case also holds `stderr.txt`, the exact
+//! stderr of `lb-agent plan`, checked by `tests/plan_cli.rs`.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,9 @@
 //! The `lb-agent plan` binary end to end: JSON on stdout, `warning:` lines on stderr.
+//!
+//! The invalid-objects fixture's `stderr.txt` is the exact stderr users see (the binary run from
+//! the fixture directory with `--manifests manifests`, so file names are relative). After a
+//! deliberate change of wording, regenerate it with
+//! `UPDATE_GOLDEN=1 cargo test -p lb-agent --test plan_cli` and review the diff.
 
 use std::path::Path;
 use std::process::Command;
@@ -7,17 +12,16 @@ use lb_agent::plan::Plan;
 use pretty_assertions::assert_eq;
 
 /// Test that `lb-agent plan` prints the expected plan as one JSON object on stdout, each skipped
-/// object as `warning: NAMESPACE/NAME: reason` on stderr, and exits 0.
+/// object as `warning: NAMESPACE/NAME: reason` on stderr (exactly the fixture's stderr.txt), and
+/// exits 0.
 #[test]
 fn plan_command_prints_json_and_warnings() {
     let case = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/plan/invalid-objects-are-reported-and-the-rest-is-planned");
     let output = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
-        .arg("plan")
-        .arg("--manifests")
-        .arg(case.join("manifests"))
-        .arg("--node")
-        .arg("node-a")
+        .current_dir(&case)
+        .args(["plan", "--manifests", "manifests", "--node", "node-a"])
+        .env_remove("RUST_LOG")
         .output()
         .expect("run lb-agent plan");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -43,6 +47,18 @@ fn plan_command_prints_json_and_warnings() {
             "no line starting {prefix:?} in stderr:\n{stderr}"
         );
     }
+
+    let golden = case.join("stderr.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, stderr.as_bytes()).expect("write stderr.txt");
+    }
+    let expected_stderr = std::fs::read_to_string(&golden).expect("stderr.txt");
+    assert_eq!(
+        stderr,
+        expected_stderr,
+        "stderr differs from {} (UPDATE_GOLDEN=1 rewrites it)",
+        golden.display()
+    );
 }
 
 /// Test that a missing manifests directory is an error (non-zero exit), not an empty plan.
