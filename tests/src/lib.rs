@@ -1,4 +1,5 @@
-//! Test harness: network namespaces, topologies, real servers and clients.
+//! Test harness: network namespaces, topologies, real servers and clients, and the agent under
+//! test with what it reads.
 //!
 //! Everything here is created inside namespaces the harness owns and removed by RAII guards, even
 //! when a test panics: [`NetNs`] (a named network namespace), [`BpffsGuard`] (a private bpffs mount),
@@ -6,6 +7,11 @@
 //! servers and clients of [`traffic`]. Names carry the pid and a counter, so tests run in parallel.
 //! Nothing is added to the root network namespace and no traffic leaves the harness's namespaces.
 //! Needs root.
+//!
+//! The agent: [`AgentRun`] is the one launcher of `lb-agent run` ([`agent`] also runs `inspect`
+//! and `cleanup`); [`objects`] builds the Kubernetes objects it reads, from a
+//! [`manifests::ManifestDir`] or a [`fakeapi::FakeApi`]; [`Lab`] puts a node, pods, servers, a
+//! bpffs, a source and agents together for the one-node tests.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -24,23 +30,30 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod bpffs;
+pub mod capture;
 pub mod fakeapi;
+pub mod inspect;
+pub mod lab;
 pub mod manifests;
 pub mod netns;
+pub mod objects;
 pub mod paths;
 pub mod proc;
 pub mod scratch;
 pub mod topo;
 pub mod traffic;
 
+pub use agent::{AgentRun, PodHook};
 pub use bpffs::BpffsGuard;
+pub use lab::Lab;
 pub use netns::{LinkStats, NetNs};
-pub use paths::{agent_bin, ebpf_object, workspace_root};
+pub use paths::{agent_bin, ebpf_object, find_agent_bin, workspace_root};
 pub use proc::Child;
 pub use scratch::{cleanup_stale, TempDir};
 pub use topo::{Cluster, Node, Pod, POD_IFACE_GLOB, SERVICE_CIDR};
 pub use traffic::{
-    tcp_request, tcp_spread, udp_request, udp_spread, Client, Reply, Spread, TcpConn, TcpMode,
-    TcpServer, UdpConn, UdpServer,
+    check_reply, tcp_request, tcp_spread, udp_request, udp_spread, Client, Reply, Spread, TcpConn,
+    TcpMode, TcpServer, UdpConn, UdpServer,
 };

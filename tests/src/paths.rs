@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Result};
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -16,23 +18,30 @@ pub fn ebpf_object() -> PathBuf {
 }
 
 /// The agent binary: `$LB_AGENT_BIN` (set by `cargo xtask test`), else
-/// `<workspace>/target/release/lb-agent`. Panics with what to run when it is missing.
-pub fn agent_bin() -> PathBuf {
+/// `<workspace>/target/release/lb-agent`; an error saying what to run when it is missing.
+pub fn find_agent_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("LB_AGENT_BIN") {
         let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "LB_AGENT_BIN={} is not a file; build it with `cargo build --release -p lb-agent`",
-            p.display()
-        );
-        return p;
+        if !p.is_file() {
+            bail!(
+                "LB_AGENT_BIN={} is not a file; build it with `cargo build --release -p lb-agent`",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let p = workspace_root().join("target/release/lb-agent");
-    assert!(
-        p.is_file(),
-        "no agent binary at {}: run `cargo xtask build-ebpf && cargo build --release -p lb-agent`, \
-         or set LB_AGENT_BIN",
-        p.display()
-    );
-    p
+    if !p.is_file() {
+        bail!(
+            "no agent binary at {}: run `cargo xtask build-ebpf && cargo build --release -p lb-agent`, \
+             or set LB_AGENT_BIN",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// [`find_agent_bin`] for tests: panics with what to run when the binary is missing.
+pub fn agent_bin() -> PathBuf {
+    find_agent_bin().unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bpffs::BpffsGuard;
 use crate::netns::NetNs;
-use crate::traffic::{TcpMode, TcpServer, UdpServer};
+use crate::traffic::{Client, TcpMode, TcpServer, UdpServer};
 
 /// Glob matching every host-side pod interface a [`Node`] creates; give it to the agent.
 pub const POD_IFACE_GLOB: &str = "lxc*";
@@ -374,6 +374,12 @@ impl Pod {
     /// Index of the host-side veth in the node namespace.
     pub fn host_ifindex(&self) -> u32 {
         self.host_ifindex
+    }
+
+    /// A client in this pod whose batches also check that servers see the pod's own address
+    /// ([`Client::seen_as`]).
+    pub fn client(&self) -> Client<'_> {
+        Client::new(&self.ns).seen_as(self.ip)
     }
 
     /// Start a TCP server on `<pod ip>:port` answering with the pod's name, one reply per line, keeping

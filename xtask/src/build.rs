@@ -1,9 +1,6 @@
 //! Building the eBPF object and the agent, and running every check.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -29,18 +26,9 @@ pub struct TestOpts {
     pub cargo_test_args: Vec<String>,
 }
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// Where `build-ebpf` puts the object; lb-agent's build script embeds it from there.
-pub fn ebpf_object() -> PathBuf {
-    root().join("target/bpf/lb-ebpf.o")
-}
+/// The workspace root, and where `build-ebpf` puts the object (lb-agent's build script embeds it
+/// from there): the same paths the tests use.
+pub use lb_tests::{ebpf_object, workspace_root as root};
 
 /// `cargo +nightly <subcommand>` in lb-ebpf for the BPF target, with bpf-linker on PATH.
 fn ebpf_cargo(subcommand: &str) -> Result<Command> {

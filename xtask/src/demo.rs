@@ -4,15 +4,17 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use lb_tests::{
-    tcp_spread, udp_spread, BpffsGuard, Client, Cluster, Node, Spread, TempDir, POD_IFACE_GLOB,
+    agent::{self, AgentRun, PodHook},
+    find_agent_bin,
+    manifests::ManifestDir,
+    objects::{Protocol, Service},
+    tcp_spread, udp_spread, BpffsGuard, Client, Cluster, Node, Spread, POD_IFACE_GLOB,
 };
 
 use crate::build::{self, root};
@@ -25,7 +27,7 @@ pub struct DemoOpts {
     pub connections: usize,
     /// Program for pod interfaces: tc or xdp.
     #[arg(long, default_value = "tc")]
-    pub pod_hook: String,
+    pub pod_hook: PodHook,
     /// Skip building (use the binaries already built).
     #[arg(long)]
     pub no_build: bool,
@@ -50,11 +52,8 @@ fn histogram(what: &str, s: &Spread) {
     }
 }
 
-fn agent_cmd(agent: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(agent);
-    c.args(args);
-    c
-}
+/// How long an agent may take to say it is running.
+const AGENT_START: Duration = Duration::from_secs(20);
 
 /// Waits until `f` holds or `timeout` passes.
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -74,11 +73,7 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
         crate::setup::debian_packages()?;
         build::build_all()?;
     }
-    let agent = root().join("target/release/lb-agent");
-    if !agent.exists() {
-        bail!("{} is missing: run `cargo xtask build`", agent.display());
-    }
-    let agent_s = agent.to_str().context("agent path is not UTF-8")?;
+    find_agent_bin()?;
 
     title("Topology: node netns, client pod 10.244.0.2, pods echo-1..3 at 10.244.0.11-13");
     let mut node = Node::new("demo")?;
@@ -100,36 +95,20 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     }
 
     // The manifests are copied so the demo can change them while the agent runs.
-    let dir = TempDir::new("demo-manifests")?;
+    let dir = ManifestDir::new("demo-manifests")?;
     for f in ["node.yaml", "echo-service.yaml"] {
-        std::fs::copy(
-            root().join("examples/manifests").join(f),
-            dir.path().join(f),
-        )?;
+        std::fs::copy(root().join("examples/manifests").join(f), dir.file(f))?;
     }
     let bpffs = BpffsGuard::new("demo")?;
-    let bpffs_s = bpffs.path().to_str().context("bpffs path")?.to_owned();
-    let manifests_s = dir.path().to_str().context("manifests path")?.to_owned();
 
     title("Agent: lb-agent run (in the node netns)");
-    let run_args = [
-        "run",
-        "--manifests",
-        &manifests_s,
-        "--node",
-        "node-a",
-        "--pod-interfaces",
-        POD_IFACE_GLOB,
-        "--pod-hook",
-        &opts.pod_hook,
-        "--bpffs",
-        &bpffs_s,
-    ];
-    println!("  {agent_s} {}", run_args.join(" "));
-    let mut child = node.ns().spawn("agent", &agent_cmd(&agent, &run_args))?;
-    child
-        .wait_for_output("running", Duration::from_secs(20))
-        .with_context(|| format!("the agent did not start:\n{}", child.logs()))?;
+    let mut run = AgentRun::new("node-a", bpffs.path());
+    run.manifests(dir.path())
+        .pod_interfaces(POD_IFACE_GLOB)
+        .pod_hook(opts.pod_hook)
+        .name("agent");
+    println!("  {}", run.command_line());
+    let mut child = run.start(node.ns(), AGENT_START)?;
 
     let client = node.pod("client").ns();
     let tcp_vip: SocketAddr = TCP_VIP.parse()?;
@@ -148,11 +127,7 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     histogram("UDP", &u);
 
     title("lb-agent inspect (first 6 conntrack entries)");
-    let out = node.ns().run(
-        agent_s,
-        &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "6"],
-    )?;
-    print!("{out}");
+    print!("{}", agent::inspect_text(node.ns(), bpffs.path(), Some(6))?);
 
     title("bpftool map dump pinned <bpffs>/maps/LB_FRONTENDS (BTF: fields by name)");
     let dump = node.ns().run(
@@ -161,25 +136,26 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
             "map",
             "dump",
             "pinned",
-            &format!("{bpffs_s}/maps/LB_FRONTENDS"),
+            &format!("{}/maps/LB_FRONTENDS", bpffs.path().display()),
         ],
     )?;
     print!("{dump}");
 
     title("Endpoints change: echo-3 leaves the EndpointSlice (file renamed into the directory)");
-    let svc = std::fs::read_to_string(dir.path().join("echo-service.yaml"))?;
-    let cut = svc
-        .find("- addresses:\n  - 10.244.0.13")
-        .context("example manifest changed shape")?;
-    let tmp = dir.path().join(".echo-service.yaml.tmp");
-    std::fs::write(&tmp, &svc[..cut])?;
-    std::fs::rename(&tmp, dir.path().join("echo-service.yaml"))?;
+    // The example's Service and slice (echo-abc12), rebuilt without echo-3's endpoint.
+    let echo = Service::new("echo", [10, 96, 0, 10])
+        .namespace("demo")
+        .port("http", Protocol::Tcp, 80, 8080)
+        .port("dns", Protocol::Udp, 53, 5353);
+    dir.replace(
+        "echo-service.yaml",
+        &echo.with_endpoints(
+            "node-a",
+            &[[10, 244, 0, 11].into(), [10, 244, 0, 12].into()],
+        ),
+    )?;
     let synced = wait_until(Duration::from_secs(10), || {
-        node.ns()
-            .run(
-                agent_s,
-                &["inspect", "--bpffs", &bpffs_s, "--conntrack-limit", "0"],
-            )
+        agent::inspect_text(node.ns(), bpffs.path(), Some(0))
             .map(|t| !t.contains("10.244.0.13:8080"))
             .unwrap_or(false)
     });
@@ -196,10 +172,7 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
         "  with the agent stopped: {} of 20 connections answered",
         after_exit.counts.values().sum::<usize>()
     );
-    print!(
-        "{}",
-        node.ns().run(agent_s, &["cleanup", "--bpffs", &bpffs_s])?
-    );
+    print!("{}", agent::cleanup(node.ns(), bpffs.path())?);
     let after_cleanup = tcp_spread(client, tcp_vip, 5);
     println!(
         "  after cleanup: {} of 5 connections answered (nothing serves the ClusterIP any more)",
@@ -213,12 +186,12 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
         bail!("the demo saw failures:\n{}", child.logs());
     }
     drop(node);
-    two_nodes(&agent, opts)?;
+    two_nodes(opts)?;
     println!("\nDemo done: namespaces, pins and the bpffs mounts are removed on exit.");
     Ok(())
 }
 /// Part two: two nodes and an external client; NodePort traffic from outside on the NICs' XDP.
-fn two_nodes(agent: &Path, opts: &DemoOpts) -> Result<()> {
+fn two_nodes(opts: &DemoOpts) -> Result<()> {
     title("Two nodes: node-0 (web-1) and node-1 (web-2, web-3) on a fabric bridge, an external client 172.18.0.100");
     let mut cluster = Cluster::new("demo2", 2)?;
     cluster.node_mut(0).add_pod("web-1", [10, 244, 0, 11])?;
@@ -236,24 +209,14 @@ fn two_nodes(agent: &Path, opts: &DemoOpts) -> Result<()> {
     let mut pins = Vec::new();
     for i in 0..2u8 {
         let fs = BpffsGuard::new(&format!("demo2-n{i}"))?;
-        let mut cmd = Command::new(agent);
-        cmd.args(["run", "--node", &format!("node-{i}"), "--devices", "eth0"])
-            .args([
-                "--pod-interfaces",
-                POD_IFACE_GLOB,
-                "--pod-hook",
-                &opts.pod_hook,
-            ])
-            .arg("--manifests")
-            .arg(&manifests)
-            .arg("--bpffs")
-            .arg(fs.path())
-            .args(["--healthz-bind-address", "", "--metrics-bind-address", ""]);
-        let mut child = cluster.node(i).ns().spawn(&format!("agent-{i}"), &cmd)?;
-        child
-            .wait_for_output("running", Duration::from_secs(20))
-            .with_context(|| format!("agent on node-{i} did not start:\n{}", child.logs()))?;
-        agents.push(child);
+        let mut run = AgentRun::new(&format!("node-{i}"), fs.path());
+        run.manifests(&manifests)
+            .devices("eth0")
+            .pod_interfaces(POD_IFACE_GLOB)
+            .pod_hook(opts.pod_hook)
+            .without_http()
+            .name(&format!("agent-{i}"));
+        agents.push(run.start(cluster.node(i).ns(), AGENT_START)?);
         pins.push(fs);
     }
     println!("  lb-agent run --node node-N --devices eth0 --pod-interfaces 'lxc*' --manifests examples/two-nodes");
@@ -267,7 +230,9 @@ fn two_nodes(agent: &Path, opts: &DemoOpts) -> Result<()> {
     let s = client.tcp_spread(nodeport, opts.connections);
     histogram("NodePort", &s);
     let mut seen = std::collections::BTreeMap::new();
-    for port in 41000..41030u16 {
+    // Source ports below the ephemeral range (32768-60999), where no connection above is left
+    // in TIME_WAIT to make the bind fail.
+    for port in 21000..21030u16 {
         let r = Client::new(cluster.external())
             .bind(SocketAddr::new([172, 18, 0, 100].into(), port))
             .tcp(nodeport, "who am I to you")?;
@@ -295,12 +260,7 @@ fn two_nodes(agent: &Path, opts: &DemoOpts) -> Result<()> {
     );
 
     title("lb-agent inspect on node-0 (verdicts and paths)");
-    let agent_s = agent.to_str().context("agent path")?;
-    let bpffs0 = pins[0].path().to_str().context("path")?;
-    let out = cluster.node(0).ns().run(
-        agent_s,
-        &["inspect", "--bpffs", bpffs0, "--conntrack-limit", "4"],
-    )?;
+    let out = agent::inspect_text(cluster.node(0).ns(), pins[0].path(), Some(4))?;
     for line in out.lines().skip_while(|l| !l.starts_with("Verdicts")) {
         println!("{line}");
     }
@@ -309,13 +269,9 @@ fn two_nodes(agent: &Path, opts: &DemoOpts) -> Result<()> {
          stack after rewriting them; from a real NIC they leave by xdp_tx)"
     );
     let failed = s.failures > 0 || s.counts.len() != 3 || refused.is_ok();
-    for (i, mut a) in agents.into_iter().enumerate() {
+    for (i, (mut a, fs)) in agents.into_iter().zip(&pins).enumerate() {
         a.stop()?;
-        let fs = pins[i].path().to_str().context("path")?;
-        cluster
-            .node(0)
-            .ns()
-            .run(agent_s, &["cleanup", "--bpffs", fs])?;
+        agent::cleanup(cluster.node(i as u8).ns(), fs.path())?;
     }
     drop(servers);
     if failed {
