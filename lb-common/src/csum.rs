@@ -8,8 +8,9 @@
 //!   `HC' = ~(~HC + ~m + m')`, for every changed address and port;
 //! - the pseudo-header seed of a `CHECKSUM_PARTIAL` packet from a local socket (the device or
 //!   the stack completes it later): `seed' = seed + ~m + m'`, only for pseudo-header fields
-//!   (addresses), never for ports. XDP cannot see `skb->ip_summed`, so it recognises a seed by
-//!   value: a field equal to the packet's own pseudo-header sum (see [`pseudo_header_seed`]).
+//!   (addresses), never for ports. XDP cannot see `skb->ip_summed`, so where seeds occur (pod
+//!   interfaces, veth node devices) it recognises a seed by value: a field equal to the
+//!   packet's own pseudo-header sum (see [`pseudo_header_seed`]).
 
 /// Folds a 32-bit accumulator of 16-bit words into 16 bits (end-around carry).
 #[inline(always)]
@@ -51,7 +52,8 @@ pub const fn pseudo_header_seed(saddr_be: u32, daddr_be: u32, proto: u8, l4_len:
     fold(add32(add32(proto_word + len_word, saddr_be), daddr_be))
 }
 
-/// RFC 1071 checksum over a byte slice with an initial sum (a reference for tests and tools).
+/// RFC 1071 checksum over a byte slice with an initial sum: the kernel's reject reply header,
+/// and a reference for tests and tools.
 pub fn checksum(initial: u32, bytes: &[u8]) -> u16 {
     let mut sum = initial;
     let mut chunks = bytes.chunks_exact(2);

@@ -1,6 +1,6 @@
 //! The flow hash: which slot of a frontend's table a new flow takes.
 //!
-//! Computed by the kernel for every new flow and by the agent's reference model; both run this
+//! Computed by the kernel for new flows and by the agent's reference model; both run this
 //! very function, so they cannot drift. Deterministic, unseeded: every node picks the same slot
 //! for the same flow, which a Maglev table (same on every node) turns into the same backend.
 //! Inputs are raw header fields: network-order values loaded as native integers.

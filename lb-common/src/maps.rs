@@ -21,8 +21,8 @@ pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 /// `LB_SRC_RANGES`: LPM trie, [`SrcRange`] (with a prefix length) -> u32 (1). Sources
 /// allowed to reach frontends with [`FE_F_SOURCE_RANGES`] (loadBalancerSourceRanges).
 pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
-/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How node-device
-/// packets left XDP.
+/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How packets XDP
+/// rewrote on node devices left it.
 pub const MAP_PATHS: &str = "LB_PATHS";
 
 /// Every map, in the order the agent pins and removes them.
@@ -73,8 +73,9 @@ pub struct FrontendKey {
     pub scope: u8,
 }
 
-/// [`Frontend::flags`]: when the frontend has no backends, reject (ICMP unreachable / TCP RST)
-/// rather than drop.
+/// [`Frontend::flags`]: when the frontend has no backends, reject (an ICMP port unreachable back
+/// to the client, for TCP and UDP alike) rather than drop. Where the hook cannot send it (XDP on
+/// pod interfaces) the packet is dropped all the same.
 pub const FE_F_REJECT_EMPTY: u32 = 1;
 
 /// [`Frontend::flags`]: only sources in the frontend's `LB_SRC_RANGES` entries may reach it
@@ -190,17 +191,20 @@ pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 /// Conntrack value.
 ///
 /// Original direction (client -> frontend): `nat_*` is the backend the destination becomes;
-/// with [`CT_F_SNAT`], `rev_*` is the address and port the source becomes (this node's address
-/// when the backend is behind another node, the hairpin address when the client is the backend).
+/// `rev_*` is the address and port the flow's source takes: with [`CT_F_SNAT`] a new one (this
+/// node's address when the backend is behind another node, the hairpin address when the client
+/// is the backend, the client's own address with a remapped port when the backend already
+/// talks to that client address and port for another flow), else the client's own.
 /// Reply direction (keyed by the reply as it arrives): `nat_*` is the frontend the source
-/// becomes; with [`CT_F_SNAT`], `rev_*` is the client the destination becomes.
+/// becomes; `rev_*` is the client, which the destination becomes with [`CT_F_SNAT`] (without,
+/// it is the reply's destination already; the kernel uses it to find the original entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` when the flow was created.
+    /// When the flow was created: CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns()`), ns.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` when the flow was last seen (refreshed every [`CT_REFRESH_NS`]).
+    /// When the flow was last seen, on the same clock (refreshed every [`CT_REFRESH_NS`]).
     pub last_seen_ns: u64,
     /// Original: backend address; reply: frontend address. Network order.
     pub nat_addr_be: u32,
@@ -212,9 +216,11 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// Frontend id of the flow.
     pub frontend_id: u32,
-    /// With [`CT_F_SNAT`]: original: the new source address; reply: the client's address.
+    /// Original: the source address the flow takes (new with [`CT_F_SNAT`]); reply: the
+    /// client's address. Network order.
     pub rev_addr_be: u32,
-    /// With [`CT_F_SNAT`]: original: the new source port; reply: the client's port.
+    /// Original: the source port the flow takes (new with [`CT_F_SNAT`]); reply: the client's
+    /// port. Network order.
     pub rev_port_be: u16,
     /// Zero.
     pub _pad: u16,
@@ -223,13 +229,14 @@ pub struct CtEntry {
 /// [`CtEntry::flags`]: the flow's source is rewritten too (see [`CtEntry`]).
 pub const CT_F_SNAT: u16 = 2;
 
-/// Source ports this node's address takes for flows it SNATs (to backends behind other
-/// nodes): above Linux's default ephemeral range (32768-60999), so they never meet the node's
-/// own connections.
+/// First of the source ports a flow takes when its port is rewritten: on this node's address
+/// for flows SNATed to backends behind other nodes, on the client's own address for flows whose
+/// port is remapped (`Reason::DnatNewPortRemap`). Above Linux's default ephemeral range
+/// (32768-60999), so on the node's address they never meet the node's own connections.
 pub const SNAT_PORT_MIN: u16 = 61_000;
 /// Last SNAT port (inclusive).
 pub const SNAT_PORT_MAX: u16 = 65_535;
-/// Ports tried for one new SNAT flow before it is dropped.
+/// Ports tried for one new flow whose port is rewritten before it is dropped.
 pub const SNAT_TRIES: u32 = 8;
 
 /// The source a pod's connection to its own Service takes when it is balanced to itself
@@ -253,7 +260,8 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Affinity {
-    /// `bpf_ktime_get_ns()` of the client's last new connection.
+    /// When the client last opened a connection that followed this affinity (or created it):
+    /// CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns()`), ns.
     pub last_seen_ns: u64,
     /// The backend chosen for the client.
     pub backend_id: u32,

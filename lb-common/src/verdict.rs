@@ -29,12 +29,14 @@ pub enum Reason {
     DnatNewUntracked = 10,
     /// Slot table inconsistent with the frontend (a half-applied update): dropped.
     DropNoSlot = 11,
-    /// A checksum or store helper failed: the packet is dropped.
+    /// Rewriting the packet, or turning it into a reject reply, failed (a bounds check or a
+    /// kernel helper): the packet is dropped.
     AbortRewrite = 12,
     /// Frontend has no backends and its policy is reject, but this hook cannot send the reply
     /// (XDP on a pod veth cannot transmit into the pod): dropped.
     RejectDropped = 13,
-    /// New flow to a backend behind another node, and no SNAT port was free: dropped.
+    /// New flow whose source port must be rewritten (SNAT to a backend behind another node, or
+    /// a port remap), and no port tried was free: dropped.
     DropSnatExhausted = 14,
     /// The source is outside the frontend's loadBalancerSourceRanges: dropped.
     DropSourceRange = 15,

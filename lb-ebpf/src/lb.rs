@@ -1,5 +1,7 @@
-//! The load-balancing decision, independent of the hook: frontend lookup, backend choice,
-//! conntrack, and which address and port to rewrite.
+//! The load balancer, written once over any [`Hook`]: `run` drives a packet through parse,
+//! decision, action and count; `decide` is the decision itself (source ranges, frontend lookup,
+//! conntrack, affinity, backend choice, SNAT and hairpin, which address and port to rewrite).
+//! It sees the hooks only through the trait, never a program type.
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
@@ -14,85 +16,39 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, Created, NewFlow},
-    hook::Hook,
+    hook::{Action, Hook, Nat},
     maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS, LB_SRC_RANGES},
-    parse::{Headers, TCP_ACK, TCP_SYN},
-    stats::count_frontend,
+    parse::{parse, Headers, Parsed, TCP_ACK, TCP_SYN},
+    stats::{count_frontend, count_verdict},
 };
 
-/// The rewrite of a packet: its destination, its source, or both; checksums follow.
-///
-/// Plain fields rather than `Option`s: every register the program spills must be initialised,
-/// and LLVM spills an `Option`'s payload even when it is `None`.
-#[derive(Clone, Copy)]
-pub struct Nat {
-    /// The packet is a reply of a tracked flow (reverse NAT).
-    pub reply: bool,
-    /// Rewrite the destination to (`dst_addr`, `dst_port`).
-    pub dst: bool,
-    /// Rewrite the source to (`src_addr`, `src_port`).
-    pub src: bool,
-    pub dst_addr: u32,
-    pub dst_port: u16,
-    pub src_port: u16,
-    pub src_addr: u32,
-}
-
-impl Nat {
-    /// A destination rewrite; `with_src` adds a source rewrite.
-    #[inline(always)]
-    pub fn dnat(addr: u32, port: u16) -> Self {
-        Nat {
-            reply: false,
-            dst: true,
-            src: false,
-            dst_addr: addr,
-            dst_port: port,
-            src_port: 0,
-            src_addr: 0,
-        }
-    }
-
-    /// The source rewrite of a reply.
-    #[inline(always)]
-    pub fn snat(addr: u32, port: u16) -> Self {
-        Nat {
-            reply: true,
-            dst: false,
-            src: true,
-            dst_addr: 0,
-            dst_port: 0,
-            src_port: port,
-            src_addr: addr,
-        }
-    }
-
-    /// Adds a source rewrite.
-    #[inline(always)]
-    pub fn with_src(mut self, addr: u32, port: u16) -> Self {
-        self.src = true;
-        self.src_addr = addr;
-        self.src_port = port;
-        self
-    }
-
-    /// Adds a destination rewrite.
-    #[inline(always)]
-    pub fn with_dst(mut self, addr: u32, port: u16) -> Self {
-        self.dst = true;
-        self.dst_addr = addr;
-        self.dst_port = port;
-        self
-    }
-}
-
-/// What the hook must do with the packet.
-pub enum Action {
-    Pass,
-    Drop,
-    /// Answer with ICMP port unreachable.
-    Reject,
-    Rewrite(Nat),
+/// Runs the load balancer on one packet arriving on `hook`: parses it, decides, acts through
+/// the hook and counts; returns the very verdict it counted.
+#[inline(always)]
+pub fn run<H: Hook>(hook: &H) -> H::Verdict {
+    hook.prepare();
+    let len = hook.len();
+    let (reason, verdict) = match parse(hook.start(), hook.end()) {
+        Parsed::NotIpv4 => (Reason::PassNotIpv4, H::PASS),
+        Parsed::NotL4 => (Reason::PassNotL4, H::PASS),
+        Parsed::Fragment => (Reason::PassFragment, H::PASS),
+        Parsed::Malformed => (Reason::PassMalformed, H::PASS),
+        Parsed::L4(h) => match decide(hook, &h, len) {
+            (reason, Action::Pass) => (reason, H::PASS),
+            (reason, Action::Drop) => (reason, H::DROP),
+            (_, Action::Reject) if !H::CAN_REJECT => (Reason::RejectDropped, H::DROP),
+            (reason, Action::Reject) => match hook.reject(&h) {
+                Some(v) => (reason, v),
+                None => (Reason::AbortRewrite, H::DROP),
+            },
+            (reason, Action::Rewrite(nat)) => match hook.rewrite(&h, &nat) {
+                Some(partial) => (reason, hook.forward(&h, &nat, partial)),
+                None => (Reason::AbortRewrite, H::DROP),
+            },
+        },
+    };
+    count_verdict(reason, len);
+    verdict
 }
 
 /// Decides what happens to an IPv4 TCP/UDP packet of `len` bytes arriving on `hook`.

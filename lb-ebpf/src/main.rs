@@ -1,36 +1,45 @@
-//! Entry points of the load balancer's kernel programs; the work lives in the modules below.
+//! Entry points of the load balancer's kernel programs: each runs `lb::run` on its hook
+//! (`xdp.rs`, `tc.rs`); the work lives in the modules below.
 #![no_std]
 #![no_main]
 
 mod conntrack;
+mod fib;
 mod hook;
 mod lb;
 mod maps;
 mod parse;
 mod reject;
 mod stats;
+mod tc;
+mod xdp;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
+use crate::{
+    tc::Tc,
+    xdp::{at, Xdp},
+};
+
 /// XDP on node devices that are NICs: packets from the wire, full checksums.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    hook::run(&hook::Xdp::<{ hook::at::NIC }>(&ctx))
+    lb::run(&Xdp::<{ at::NIC }>(&ctx))
 }
 
 /// XDP on node devices that are veths (nodes in containers): packets may carry seeds.
 #[xdp]
 pub fn lb_xdp_veth(ctx: XdpContext) -> u32 {
-    hook::run(&hook::Xdp::<{ hook::at::VETH_NIC }>(&ctx))
+    lb::run(&Xdp::<{ at::VETH_NIC }>(&ctx))
 }
 
 /// XDP on the host side of pod interfaces (`--pod-hook xdp`): may see CHECKSUM_PARTIAL seeds.
 #[xdp]
 pub fn lb_xdp_pod(ctx: XdpContext) -> u32 {
-    hook::run(&hook::Xdp::<{ hook::at::POD }>(&ctx))
+    lb::run(&Xdp::<{ at::POD }>(&ctx))
 }
 
 /// Passes every packet: the floor the benchmarks compare against, and what the test topology
@@ -71,7 +80,7 @@ pub fn lb_lookup1(ctx: XdpContext) -> u32 {
 /// tcx ingress on the host side of pod interfaces (the default pod hook).
 #[classifier]
 pub fn lb_tc(ctx: TcContext) -> i32 {
-    hook::run(&hook::Tc(&ctx))
+    lb::run(&Tc(&ctx))
 }
 
 #[cfg(not(test))]

@@ -20,10 +20,34 @@ const MAX_IHL: usize = 60;
 /// Most bytes of the L4 header quoted.
 const MAX_L4_QUOTE: usize = 20;
 
+/// The reply to a packet, computed before the packet is changed: what each hook writes over
+/// the front of the packet once it has made room ([`ADDED`] bytes more in front, the tail cut
+/// to `len`).
+pub struct Reply {
+    /// The packet's Ethernet header with source and destination swapped.
+    pub eth: [u8; ETH_LEN],
+    pub ip: [u8; 20],
+    pub icmp: [u8; 8],
+    /// The reply's total length from the Ethernet header on.
+    pub len: usize,
+}
+
+/// The reply to packet `h`, read from the packet in `[start, end)`: the one prologue of every
+/// hook's reject.
+#[inline(always)]
+pub fn reply(start: usize, end: usize, h: &Headers) -> Option<Reply> {
+    let (ip, icmp, len) = headers(start, end, h)?;
+    let eth = ptr_at::<[u8; ETH_LEN]>(start, end, 0)?;
+    // SAFETY: bounds-checked by ptr_at; copied out at once.
+    let mut eth = unsafe { *eth };
+    swap_macs(&mut eth);
+    Some(Reply { eth, ip, icmp, len })
+}
+
 /// The reply's IPv4 and ICMP headers for packet `h`, from the packet in `[start, end)` before it
 /// is changed. Returns the headers and the reply's total length from the Ethernet header on.
 #[inline(always)]
-pub fn headers(start: usize, end: usize, h: &Headers) -> Option<([u8; 20], [u8; 8], usize)> {
+fn headers(start: usize, end: usize, h: &Headers) -> Option<([u8; 20], [u8; 8], usize)> {
     let ihl = h.l4_off - h.l3_off;
     let quoted = ihl + if h.proto == PROTO_TCP { 20 } else { 8 };
     // One's-complement sum of the quoted bytes, read before the packet is rewritten.
@@ -50,7 +74,8 @@ pub fn headers(start: usize, end: usize, h: &Headers) -> Option<([u8; 20], [u8; 
     ip[6] = 0x40; // DF
     ip[8] = 64; // TTL
     ip[9] = 1; // ICMP
-               // From the frontend the client tried, to the client.
+
+    // From the frontend the client tried, to the client.
     ip[12..16].copy_from_slice(&h.daddr.to_ne_bytes());
     ip[16..20].copy_from_slice(&h.saddr.to_ne_bytes());
     let check = csum::checksum(0, &ip);
@@ -60,7 +85,7 @@ pub fn headers(start: usize, end: usize, h: &Headers) -> Option<([u8; 20], [u8; 
 
 /// Swaps the Ethernet source and destination of `eth` in place.
 #[inline(always)]
-pub fn swap_macs(eth: &mut [u8; 14]) {
+fn swap_macs(eth: &mut [u8; ETH_LEN]) {
     let mut tmp = [0u8; 6];
     tmp.copy_from_slice(&eth[0..6]);
     eth.copy_within(6..12, 0);
