@@ -36,7 +36,7 @@ use clap::Parser;
 use etherparse::PacketBuilder;
 use lb_agent::{
     dataplane::{Dataplane, HookKind, MapSizes},
-    maps::{self, Capacity, Entries, Ids},
+    entries::{self, Capacity, Entries, Ids},
     plan::{Frontend, FrontendKind, Plan, Protocol},
 };
 use lb_common::maps::{
@@ -307,11 +307,11 @@ fn main() -> Result<()> {
         let plan = Plan {
             frontends: (0..n).map(frontend).collect(),
         };
-        let (desired, skipped) = maps::desired(&plan, &mut ids);
+        let (desired, skipped) = entries::desired(&plan, &mut ids);
         if !skipped.is_empty() {
             bail!("{} frontends skipped: {:?}", skipped.len(), skipped.first());
         }
-        let ops = maps::diff(&current, &desired);
+        let ops = entries::diff(&current, &desired);
         b.dp.apply(&ops)?;
         current = desired;
         eprintln!(

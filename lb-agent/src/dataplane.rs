@@ -31,7 +31,7 @@ use lb_common::maps::{
 };
 use tracing::{debug, info, warn};
 
-use crate::maps::{Entries, MapOp};
+use crate::entries::{Entries, MapOp, SrcRangeEntry};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
@@ -379,27 +379,24 @@ impl Dataplane {
                 typed_hash::<SlotKey, Slot>(&mut self.ebpf, MAP_SLOTS)?.remove(k),
                 MAP_SLOTS,
             )?,
-            MapOp::PutSrcRange(id, addr, len) => {
+            MapOp::PutSrcRange(r) => {
                 let map = self
                     .ebpf
                     .map_mut(MAP_SRC_RANGES)
                     .ok_or_else(|| missing(MAP_SRC_RANGES))?;
                 let mut trie: LpmTrie<_, SrcRange, u32> =
                     LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
-                trie.insert(&src_range_key(*id, *addr, *len), 1, 0)
+                trie.insert(&src_range_key(r), 1, 0)
                     .map_err(map_err(MAP_SRC_RANGES))?;
             }
-            MapOp::DelSrcRange(id, addr, len) => {
+            MapOp::DelSrcRange(r) => {
                 let map = self
                     .ebpf
                     .map_mut(MAP_SRC_RANGES)
                     .ok_or_else(|| missing(MAP_SRC_RANGES))?;
                 let mut trie: LpmTrie<_, SrcRange, u32> =
                     LpmTrie::try_from(map).map_err(map_err(MAP_SRC_RANGES))?;
-                remove_ok_if_absent(
-                    trie.remove(&src_range_key(*id, *addr, *len)),
-                    MAP_SRC_RANGES,
-                )?;
+                remove_ok_if_absent(trie.remove(&src_range_key(r)), MAP_SRC_RANGES)?;
             }
             MapOp::DelBackend(id) => remove_ok_if_absent(
                 typed_hash::<u32, Backend>(&mut self.ebpf, MAP_BACKENDS)?.remove(id),
@@ -751,13 +748,13 @@ fn remove_ok_if_absent(r: Result<(), aya::maps::MapError>, name: &'static str) -
     }
 }
 
-/// The LPM key of a source range of frontend `id`.
-fn src_range_key(id: u32, addr_be: u32, len: u8) -> lpm_trie::Key<SrcRange> {
+/// The LPM key of a source range: the frontend id (32 bits) and the prefix.
+fn src_range_key(r: &SrcRangeEntry) -> lpm_trie::Key<SrcRange> {
     lpm_trie::Key::new(
-        32 + u32::from(len),
+        32 + u32::from(r.prefix_len),
         SrcRange {
-            frontend_id_be: id.to_be(),
-            addr_be,
+            frontend_id_be: r.frontend_id.to_be(),
+            addr_be: r.addr_be,
         },
     )
 }
@@ -787,8 +784,11 @@ pub fn read_entries<'a>(get: impl Fn(&'static str) -> Option<&'a Map>) -> Result
         let k = k.map_err(map_err(MAP_SRC_RANGES))?;
         let len = k.prefix_len().saturating_sub(32) as u8;
         let d = k.data();
-        out.src_ranges
-            .insert((u32::from_be(d.frontend_id_be), d.addr_be, len));
+        out.src_ranges.insert(SrcRangeEntry {
+            frontend_id: u32::from_be(d.frontend_id_be),
+            addr_be: d.addr_be,
+            prefix_len: len,
+        });
     }
     Ok(out)
 }

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use etherparse::{Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice};
 use lb_agent::{
     dataplane::{Dataplane, HookKind, MapSizes, Pinned},
-    maps::{self, Capacity, Entries, Ids},
+    entries::{self, Capacity, Entries, Ids},
     plan::{Frontend, FrontendKind, OnEmpty, Plan, Protocol},
 };
 use lb_common::{csum, verdict::Reason};
@@ -99,9 +99,9 @@ impl Fixture {
     }
 
     fn program(&mut self, frontends: Vec<Frontend>) {
-        let (desired, skipped) = maps::desired(&Plan { frontends }, &mut self.ids);
+        let (desired, skipped) = entries::desired(&Plan { frontends }, &mut self.ids);
         assert!(skipped.is_empty(), "{skipped:?}");
-        let ops = maps::diff(&self.current, &desired);
+        let ops = entries::diff(&self.current, &desired);
         self.dp.apply(&ops).expect("apply");
         self.current = desired;
     }
