@@ -1,0 +1,78 @@
+//! [`DataplaneError`], and the small helpers that build it.
+
+use std::path::PathBuf;
+
+/// Errors of the dataplane, with the names a user needs to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("preparing the bpffs directory {path}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting a bpffs at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("loading the eBPF object (pinned maps under {pin_dir})")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("attaching {hook} to {ifname}")]
+    Attach {
+        hook: &'static str,
+        ifname: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("removing {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub(super) type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        name,
+        source: Box::new(e),
+    }
+}
+
+pub(super) fn prog_err(
+    name: &'static str,
+) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
+    move |e| DataplaneError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+pub(super) fn missing(name: &'static str) -> DataplaneError {
+    DataplaneError::Map {
+        name,
+        source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
+    }
+}
