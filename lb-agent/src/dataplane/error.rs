@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use aya::maps::MapType;
+
 /// Errors of the dataplane, with the names a user needs to act on them.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -16,6 +18,20 @@ pub enum DataplaneError {
         path: PathBuf,
         #[source]
         source: nix::Error,
+    },
+    #[error(
+        "map {name} pinned at {path} is {found}, but this build of lb-agent expects {expected}: \
+         it was pinned by another build; remove the old pins with \
+         `lb-agent cleanup --bpffs {bpffs}` (this also detaches the old programs), then start \
+         the agent again"
+    )]
+    PinnedLayout {
+        name: &'static str,
+        path: PathBuf,
+        /// The bpffs directory the agent was given (`--bpffs`).
+        bpffs: PathBuf,
+        found: MapLayout,
+        expected: MapLayout,
     },
     #[error("loading the eBPF object (pinned maps under {pin_dir})")]
     Load {
@@ -53,6 +69,24 @@ pub enum DataplaneError {
 }
 
 pub(super) type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// What a map's entries look like to the programs: its type and key and value sizes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapLayout {
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a {:?} map with {}-byte keys and {}-byte values",
+            self.map_type, self.key_size, self.value_size
+        )
+    }
+}
 
 pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |e| DataplaneError::Map {

@@ -7,10 +7,10 @@
 //!   attached after the agent exits, and a restarted agent swaps its new program in atomically.
 //!
 //! Files: this one loads the programs and maps and runs programs on test packets; `object` holds
-//! the embedded eBPF object; `writer` applies map writes; `reader` reads the maps back (the
-//! agent's and, for `inspect`, pinned ones); `attach` attaches programs through pinned links and
-//! removes pins (`cleanup`); `sys` wraps the bpf(2) commands aya does not offer; `error` holds
-//! [`DataplaneError`].
+//! the embedded eBPF object and checks maps pinned by an earlier build against it; `writer`
+//! applies map writes; `reader` reads the maps back (the agent's and, for `inspect`, pinned ones);
+//! `attach` attaches programs through pinned links and removes pins (`cleanup`); `sys` wraps the
+//! bpf(2) commands aya does not offer; `error` holds [`DataplaneError`].
 
 mod attach;
 mod error;
@@ -35,8 +35,8 @@ use lb_common::maps::{
 use tracing::info;
 
 pub use attach::{cleanup, ifindex, is_veth, pinned_links, LinkPin};
-pub use error::DataplaneError;
 use error::{prog_err, Result};
+pub use error::{DataplaneError, MapLayout};
 pub use reader::{read_entries, Pinned};
 
 /// `statfs` magic of a bpffs.
@@ -163,6 +163,7 @@ impl Dataplane {
                 source,
             })?;
         }
+        object::check_pinned_layouts(object::EBPF_OBJECT, root, &maps_dir)?;
         let mut loader = loader(&maps_dir, sizes);
         let mut ebpf = loader
             .load(object::EBPF_OBJECT)
