@@ -20,6 +20,12 @@ pub enum DataplaneError {
         source: nix::Error,
     },
     #[error(
+        "this lb-agent was built without its eBPF object (target/bpf/lb-ebpf.o, or the file \
+         LB_EBPF_OBJECT named, was missing at build time): run `cargo xtask build-ebpf`, then \
+         build lb-agent again (`cargo xtask build` does both)"
+    )]
+    NoObject,
+    #[error(
         "map {name} pinned at {path} is {found}, but this build of lb-agent expects {expected}: \
          it was pinned by another build; remove the old pins with \
          `lb-agent cleanup --bpffs {bpffs}` (this also detaches the old programs), then start \

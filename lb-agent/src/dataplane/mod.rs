@@ -155,6 +155,7 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs; maps are reused from `<root>/maps` where pinned, created otherwise.
     pub fn load(root: &Path, sizes: MapSizes, xdp_mode: XdpMode) -> Result<Self> {
+        object::check_object(object::EBPF_OBJECT)?;
         ensure_bpffs(root)?;
         let maps_dir = root.join("maps");
         for dir in [&maps_dir, &root.join("links")] {

@@ -1,5 +1,5 @@
-//! The eBPF object embedded at build time, and whether maps an earlier agent pinned have the
-//! layout its programs expect.
+//! The eBPF object embedded at build time: whether the build had one, and whether maps an
+//! earlier agent pinned have the layout its programs expect.
 
 use std::path::Path;
 
@@ -9,8 +9,17 @@ use lb_common::maps::ALL_MAPS;
 
 use super::error::{map_err, DataplaneError, MapLayout, Result};
 
-/// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time; empty when the
+/// build did not find it (build.rs then embeds an empty stub so that `cargo check` works).
 pub(super) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
+
+/// Refuses an empty object: the agent was built without one.
+pub(super) fn check_object(object: &[u8]) -> Result<()> {
+    if object.is_empty() {
+        return Err(DataplaneError::NoObject);
+    }
+    Ok(())
+}
 
 /// Checks every map already pinned under `maps_dir` against the layout `object` declares for it.
 /// aya reuses a pinned map as it is, so a map pinned by a build with another key or value size
@@ -53,4 +62,19 @@ pub(super) fn check_pinned_layouts(object: &[u8], bpffs: &Path, maps_dir: &Path)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that an agent built without its eBPF object refuses to load with an error that
+    /// says what to run.
+    #[test]
+    fn an_empty_object_is_refused_naming_the_build_step() {
+        let e = check_object(&[]).unwrap_err();
+        assert!(matches!(e, DataplaneError::NoObject));
+        assert!(e.to_string().contains("cargo xtask build-ebpf"), "{e}");
+        assert!(check_object(b"\x7fELF").is_ok());
+    }
 }
