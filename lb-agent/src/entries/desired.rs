@@ -268,12 +268,14 @@ impl Desired {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{
-        dump,
-        testing::{fe, plan, CAP},
-    };
     use super::*;
-    use crate::plan::Protocol;
+    use crate::{
+        entries::{
+            dump,
+            testing::{fe, plan, CAP},
+        },
+        plan::Protocol,
+    };
 
     /// Test that a plan becomes the expected entries (golden dump).
     #[test]
@@ -316,9 +318,11 @@ mod incremental_tests {
 
     use lb_common::maps::SlotKey;
 
-    use super::super::{apply_in_memory, Capacity};
     use super::*;
-    use crate::plan::{FrontendKind, OnEmpty, Protocol, SourceRange};
+    use crate::{
+        entries::{apply_in_memory, Capacity},
+        plan::{FrontendKind, OnEmpty, Protocol, SourceRange},
+    };
 
     /// A small deterministic generator (64-bit LCG).
     struct Rng(u64);

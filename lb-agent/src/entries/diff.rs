@@ -138,13 +138,15 @@ pub fn dump(e: &Entries) -> String {
 mod tests {
     use lb_common::maps::SlotKey;
 
-    use super::super::{
-        desired,
-        testing::{fe, plan, CAP},
-        Ids,
-    };
     use super::*;
-    use crate::plan::Protocol;
+    use crate::{
+        entries::{
+            desired,
+            testing::{fe, plan, CAP},
+            Ids,
+        },
+        plan::Protocol,
+    };
 
     /// Test that the diff adds backends, slots, then frontends, and deletes in reverse.
     #[test]

@@ -263,15 +263,15 @@ pub(super) fn build(
 mod tests {
     use std::collections::BTreeMap;
 
-    use lb_common::maps::SlotKey;
-
-    use super::super::{
-        desired, diff, dump,
-        testing::{fe, plan, CAP},
-        Capacity, Entries, Ids, MapOp,
-    };
     use super::*;
-    use crate::plan::{Plan, SourceRange};
+    use crate::{
+        entries::{
+            desired, diff, dump,
+            testing::{fe, plan, CAP},
+            Capacity, MapOp,
+        },
+        plan::{Plan, SourceRange},
+    };
 
     /// Test that frontends the dataplane cannot serve yet are reported, not programmed.
     #[test]

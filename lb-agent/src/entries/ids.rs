@@ -1,7 +1,5 @@
-//! Ids: a small integer per frontend and per backend, kept for as long as it exists so
-//! conntrack entries keep pointing at the right backend and counters stay with their frontend.
-//! An id freed in one sync is reused only in a later one, after the writes that stop using it
-//! landed.
+//! Ids: the small integer each frontend and backend keeps for as long as it exists, and the
+//! pools they come from (freed ids are reused only from the next sync on).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -141,13 +139,15 @@ impl Ids {
 mod tests {
     use lb_common::maps::PROTO_TCP;
 
-    use super::super::{
-        desired, diff, raw_port, raw_v4,
-        testing::{fe, plan, CAP},
-        Entries, Skipped,
-    };
     use super::*;
-    use crate::plan::Protocol;
+    use crate::{
+        entries::{
+            desired, diff, raw_port, raw_v4,
+            testing::{fe, plan, CAP},
+            Skipped,
+        },
+        plan::Protocol,
+    };
 
     /// Test that ids stay with their frontend and backend across syncs, and that a freed id
     /// is reused only in a later sync.
