@@ -1,4 +1,6 @@
-//! Embeds the eBPF object built by `cargo xtask build-ebpf` into the agent binary.
+//! Embeds the eBPF object built by `cargo xtask build-ebpf` into the agent binary. Without the
+//! object (a fresh clone) it embeds an empty stub instead, so `cargo check` and clippy work, and
+//! warns: an agent built so refuses to load (`DataplaneError::NoObject`).
 
 use std::path::PathBuf;
 
@@ -9,13 +11,20 @@ fn main() {
     };
     println!("cargo:rerun-if-env-changed=LB_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());
-    if !object.exists() {
-        panic!(
-            "the eBPF object {} is missing: run `cargo xtask build-ebpf` first \
-             (or set LB_EBPF_OBJECT to an object built elsewhere)",
-            object.display()
-        );
-    }
-    let object = object.canonicalize().expect("object path resolves");
-    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", object.display());
+    let embedded = match object.canonicalize() {
+        Ok(object) => object,
+        Err(_) => {
+            println!(
+                "cargo:warning=the eBPF object {} is missing: this lb-agent embeds an empty stub \
+                 and will refuse to load; run `cargo xtask build-ebpf` first (or set \
+                 LB_EBPF_OBJECT to an object built elsewhere)",
+                object.display()
+            );
+            let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+            let stub = out.join("lb-ebpf-missing.o");
+            std::fs::write(&stub, []).expect("OUT_DIR is writable");
+            stub
+        }
+    };
+    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", embedded.display());
 }

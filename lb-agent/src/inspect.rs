@@ -97,7 +97,7 @@ pub fn inspect_json(root: &Path) -> Result<serde_json::Value> {
         .collect();
     let links: Vec<_> = pinned_links(root)
         .into_iter()
-        .map(|(hook, ifname, idx, _)| json!({"hook": hook, "ifname": ifname, "ifindex": idx}))
+        .map(|l| json!({"hook": l.hook, "ifname": l.ifname, "ifindex": l.ifindex}))
         .collect();
     Ok(
         json!({"frontends": frontends, "verdicts": verdicts, "paths": paths, "conntrack": conntrack, "links": links}),

@@ -2,16 +2,16 @@
 //! eBPF maps equal to that plan.
 //!
 //! Pipeline: `source` (manifests) or `kube_source` (API watch) -> `model::Snapshot` -> `plan` (pure, kube-proxy semantics)
-//! -> `maps` (pure: desired map entries, diff) -> `dataplane` (aya: load, attach, pin, apply).
+//! -> `entries` (pure: desired map entries, diff) -> `dataplane` (aya: load, attach, pin, apply).
 
 pub mod cli_plan;
 pub mod dataplane;
+pub mod entries;
 pub mod http;
 pub mod inspect;
 pub mod kube_source;
 pub mod links;
 pub mod maglev;
-pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -32,9 +32,9 @@ fn frontend_labels(fe: &Frontend) -> Option<(FrontendKey, FrontendLabels)> {
         return None;
     };
     let key = FrontendKey {
-        addr_be: crate::maps::raw_v4(ip),
-        port_be: crate::maps::raw_port(fe.port),
-        proto: crate::maps::proto_number(fe.protocol),
+        addr_be: crate::entries::raw_v4(ip),
+        port_be: crate::entries::raw_port(fe.port),
+        proto: crate::entries::proto_number(fe.protocol),
         scope: 0,
     };
     let labels = FrontendLabels {

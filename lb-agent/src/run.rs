@@ -17,10 +17,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     dataplane::{Dataplane, MapSizes},
+    entries::{self, Capacity, Desired, Entries, Ids},
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
     links::{watch_links, Selector},
-    maps::{self, Capacity, Desired, Entries, Ids},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -197,7 +197,7 @@ impl Dirty {
 
 impl Agent {
     /// Plans the whole snapshot and applies the difference: only the entries that change are
-    /// written, in an order that never shows a packet a half-built frontend (`maps::diff`).
+    /// written, in an order that never shows a packet a half-built frontend (`entries::diff`).
     /// A source that cannot be read keeps the last good state; bad objects are reported and
     /// skipped.
     async fn sync(&mut self, reason: &str, trigger_times: &[SystemTime]) {
@@ -302,7 +302,7 @@ impl Agent {
             ),
             _ => {
                 let desired = self.desired.rebuild(&self.cache.plan, &mut self.ids);
-                (maps::diff(&self.current, &desired), Some(desired))
+                (entries::diff(&self.current, &desired), Some(desired))
             }
         };
         let skipped = self.desired.skipped();
@@ -321,7 +321,7 @@ impl Agent {
             Ok(()) => {
                 match full {
                     Some(desired) => self.current = desired,
-                    None => maps::apply_in_memory(&mut self.current, &ops),
+                    None => entries::apply_in_memory(&mut self.current, &ops),
                 }
                 self.full_next = false;
                 self.telemetry.synced(

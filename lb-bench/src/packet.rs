@@ -34,7 +34,7 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_agent::{
     dataplane::{Dataplane, HookKind, MapSizes},
-    maps::{self, Capacity, Entries, Ids},
+    entries::{self, Capacity, Entries, Ids},
     plan::{Frontend, FrontendKind, Plan, Protocol},
 };
 use lb_common::maps::{
@@ -300,11 +300,11 @@ pub fn packet(opts: &PacketOpts) -> Result<()> {
         let plan = Plan {
             frontends: (0..n).map(frontend).collect(),
         };
-        let (desired, skipped) = maps::desired(&plan, &mut ids);
+        let (desired, skipped) = entries::desired(&plan, &mut ids);
         if !skipped.is_empty() {
             bail!("{} frontends skipped: {:?}", skipped.len(), skipped.first());
         }
-        let ops = maps::diff(&current, &desired);
+        let ops = entries::diff(&current, &desired);
         b.dp.apply(&ops)?;
         current = desired;
         eprintln!(

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use lb_agent::{
     dataplane::{Dataplane, MapSizes},
-    maps::{self, Capacity, Entries, Ids},
+    entries::{self, Capacity, Entries, Ids},
     plan::Plan,
 };
 pub use lb_agent::{
@@ -104,9 +104,9 @@ impl Fixture {
     }
 
     pub fn program(&mut self, frontends: Vec<Frontend>) {
-        let (desired, skipped) = maps::desired(&Plan { frontends }, &mut self.ids);
+        let (desired, skipped) = entries::desired(&Plan { frontends }, &mut self.ids);
         assert!(skipped.is_empty(), "{skipped:?}");
-        let ops = maps::diff(&self.current, &desired);
+        let ops = entries::diff(&self.current, &desired);
         self.dp.apply(&ops).expect("apply");
         self.current = desired;
     }
