@@ -11,17 +11,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb_tests::{
-    fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi},
-    NetNs, TempDir,
-};
+use lb_tests::{fakeapi::FakeApi, objects::node, NetNs, TempDir};
 
 use crate::{
     api_agent::{stop_agent, ApiAgent},
     kube_rules::{self, Svc},
     load_rules::{load_iptables, load_nft, restore_iptables},
     output::write_results,
-    services::{fe_key, services, ENDPOINTS, NODE},
+    services::{api_objects, fe_key, services, ENDPOINTS, NODE},
     stats::median,
 };
 
@@ -45,21 +42,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("VmRSS")
-}
-
-/// The fake API server's objects of `s`: the Service and its EndpointSlice.
-fn api_objects(s: &Svc) -> [serde_json::Value; 2] {
-    let port = tcp_port(&s.port_name, s.port, s.endpoints[0].1);
-    let eps: Vec<_> = s.endpoints.iter().map(|e| ready(e.0, NODE)).collect();
-    [
-        service(
-            &s.namespace,
-            &s.name,
-            &s.ip.to_string(),
-            std::slice::from_ref(&port),
-        ),
-        endpoint_slice(&s.namespace, &s.name, "x1y2z", &[port], &eps),
-    ]
 }
 
 /// Our agent against the fake API server (the real list/watch protocol, JSON) holding `svcs`:
