@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use lb_tests::{fakeapi::FakeApi, objects::node, NetNs, TempDir};
 
 use crate::{
-    api_agent::{stop_agent, ApiAgent},
+    agent::{stop, ApiAgent},
     kube_rules::{self, Svc},
     load_rules::{load_iptables, load_nft, restore_iptables},
     output::write_results,
@@ -55,7 +55,7 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
             api.apply(o)?;
         }
     }
-    let agent = ApiAgent::new(&api, NODE, "cp-ours", &[])?;
+    let agent = ApiAgent::new(&api, NODE, "cp-ours")?;
     let t0 = Instant::now();
     let (mut child, fes) = agent.spawn(&ns, t0 + TIMEOUT)?;
     let deadline = t0 + TIMEOUT;
@@ -104,7 +104,7 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
         change_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let rss_kib = rss.max(rss_kib(child.pid())?);
-    stop_agent(child, agent.bpffs())?;
+    stop(child, &ns, agent.bpffs())?;
     Ok(Ours {
         start_ms,
         sync_ms,

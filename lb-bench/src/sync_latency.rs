@@ -21,7 +21,7 @@ use lb_tests::{
 use serde_json::Value;
 
 use crate::{
-    api_agent::{stop_agent, ApiAgent},
+    agent::{stop, ApiAgent},
     output::write_results,
     stats::percentile,
 };
@@ -72,7 +72,10 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
         api.apply(service(i).object())?;
         api.apply(slice(i, 2))?;
     }
-    let agent_run = ApiAgent::new(&api, NODE, "bench-sync", &["--min-sync-period", "10ms"])?;
+    let mut agent_run = ApiAgent::new(&api, NODE, "bench-sync")?;
+    agent_run
+        .run
+        .flag("--min-sync-period", format!("{}ms", MIN_SYNC.as_millis()));
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut agent, frontends) = agent_run.spawn(node_ns.ns(), deadline)?;
     let slots = |i: usize| frontends.get(&key(i), 0).ok().map(|f| f.slot_count);
@@ -137,7 +140,7 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
             sync_us.len()
         );
     }
-    stop_agent(agent, agent_run.bpffs())?;
+    stop(agent, node_ns.ns(), agent_run.bpffs())?;
     latencies.sort();
     Ok(latencies)
 }

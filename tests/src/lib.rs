@@ -52,7 +52,7 @@ pub use agent::{AgentRun, PodHook};
 pub use bpffs::BpffsGuard;
 pub use lab::Lab;
 pub use netns::{LinkStats, NetNs};
-pub use paths::{agent_bin, ebpf_object, find_agent_bin, workspace_root};
+pub use paths::{ebpf_object, find_agent_bin, workspace_root};
 pub use proc::Child;
 pub use scratch::TempDir;
 pub use stale::cleanup_stale;
