@@ -66,8 +66,12 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
         .join("lb-ebpf");
     let dest = ebpf_object();
     std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
-    std::fs::copy(&built, &dest)
-        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    let object = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    // Rewritten only when it changed: lb-agent's build script watches its mtime, and a copy of
+    // the same bytes would rebuild the agent on every `cargo xtask build`, `test` and `bench`.
+    if std::fs::read(&dest).ok().as_ref() != Some(&object) {
+        std::fs::write(&dest, &object).with_context(|| format!("writing {}", dest.display()))?;
+    }
     eprintln!("xtask: eBPF object at {}", dest.display());
     Ok(())
 }
