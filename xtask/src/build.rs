@@ -76,10 +76,27 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
     Ok(())
 }
 
-/// `cargo` (the one running xtask) in the workspace root.
+/// `cargo` (the one running xtask) in the workspace root, without the package variables
+/// `cargo run` set for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...): build scripts
+/// such as ring's rerun when those change, so they and every crate above them (kube, lb-agent)
+/// would be rebuilt each time the workspace is built by hand after `cargo xtask`, and back.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            cmd.env_remove(&key);
+        }
+    }
     cmd
 }
 
