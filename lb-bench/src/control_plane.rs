@@ -11,17 +11,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb_tests::{
-    fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi},
-    NetNs, TempDir,
-};
+use lb_tests::{fakeapi::FakeApi, objects::node, NetNs, TempDir};
 
 use crate::{
-    api_agent::{stop_agent, ApiAgent},
+    agent::{stop, ApiAgent},
     kube_rules::{self, Svc},
     load_rules::{load_iptables, load_nft, restore_iptables},
     output::write_results,
-    services::{fe_key, services, ENDPOINTS, NODE},
+    services::{api_objects, fe_key, services, ENDPOINTS, NODE},
     stats::median,
 };
 
@@ -47,21 +44,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-/// The fake API server's objects of `s`: the Service and its EndpointSlice.
-fn api_objects(s: &Svc) -> [serde_json::Value; 2] {
-    let port = tcp_port(&s.port_name, s.port, s.endpoints[0].1);
-    let eps: Vec<_> = s.endpoints.iter().map(|e| ready(e.0, NODE)).collect();
-    [
-        service(
-            &s.namespace,
-            &s.name,
-            &s.ip.to_string(),
-            std::slice::from_ref(&port),
-        ),
-        endpoint_slice(&s.namespace, &s.name, "x1y2z", &[port], &eps),
-    ]
-}
-
 /// Our agent against the fake API server (the real list/watch protocol, JSON) holding `svcs`:
 /// start to programmed, then `changes` EndpointSlice updates of Service 0 (`alt[0]` and back).
 fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
@@ -73,7 +55,7 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
             api.apply(o)?;
         }
     }
-    let agent = ApiAgent::new(&api, NODE, "cp-ours", &[])?;
+    let agent = ApiAgent::new(&api, NODE, "cp-ours")?;
     let t0 = Instant::now();
     let (mut child, fes) = agent.spawn(&ns, t0 + TIMEOUT)?;
     let deadline = t0 + TIMEOUT;
@@ -122,7 +104,7 @@ fn ours(svcs: &[Svc], alt: &[Svc], changes: usize) -> Result<Ours> {
         change_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let rss_kib = rss.max(rss_kib(child.pid())?);
-    stop_agent(child, agent.bpffs())?;
+    stop(child, &ns, agent.bpffs())?;
     Ok(Ours {
         start_ms,
         sync_ms,

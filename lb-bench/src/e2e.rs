@@ -11,25 +11,24 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Map, MapData, PerCpuArray};
 use lb_common::{
-    maps::{Counter, Frontend, FrontendKey, MAP_FRONTENDS, MAP_VERDICTS},
+    maps::{Counter, MAP_VERDICTS},
     verdict::Reason,
 };
-use lb_tests::{agent_bin, manifests::ManifestDir, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
+use lb_tests::{manifests::ManifestDir, AgentRun, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
 
 use crate::{
-    api_agent::stop_agent,
+    agent::{frontends, stop},
     kube_rules,
     load_rules::{flush_iptables, load_iptables, load_nft},
     loadgen::{LoadGen, Rate},
     output::write_results,
-    services::{fe_key, services, write_manifests},
+    services::{fe_key, services, write_manifests, NODE},
     stats::median,
 };
 
@@ -68,7 +67,6 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
     {
         bail!("--contenders: unknown {c:?}, want some of {CONTENDERS:?}");
     }
-    let agent = agent_bin();
     let mut node = Node::new("e2e")?;
     node.add_pod("client", [10, 244, 0, 2])?;
     let pods: Vec<Ipv4Addr> = (0..10).map(|k| Ipv4Addr::new(10, 244, 0, 11 + k)).collect();
@@ -109,30 +107,12 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                         let d = ManifestDir::new("e2e")?;
                         write_manifests(&d, &svcs)?;
                         let b = BpffsGuard::new("e2e")?;
-                        let mut cmd = Command::new(&agent);
-                        cmd.args([
-                            "run",
-                            "--node",
-                            "node-a",
-                            "--pod-interfaces",
-                            POD_IFACE_GLOB,
-                        ])
-                        .arg("--manifests")
-                        .arg(d.path())
-                        .arg("--bpffs")
-                        .arg(b.path())
-                        .args([
-                            "--healthz-bind-address",
-                            "",
-                            "--metrics-bind-address",
-                            "",
-                        ]);
-                        let mut ch = node.ns().spawn("agent", &cmd)?;
-                        ch.wait_for_output("running", Duration::from_secs(60))
-                            .with_context(|| ch.logs())?;
-                        let pin = b.path().join("maps").join(MAP_FRONTENDS);
-                        let fes: HashMap<_, FrontendKey, Frontend> =
-                            HashMap::try_from(Map::from_map_data(MapData::from_pin(&pin)?)?)?;
+                        let mut run = AgentRun::new(NODE, b.path());
+                        run.manifests(d.path())
+                            .pod_interfaces(POD_IFACE_GLOB)
+                            .without_http();
+                        let ch = run.start(node.ns(), Duration::from_secs(60))?;
+                        let fes = frontends(b.path())?;
                         let key = fe_key(&svcs[n - 1]);
                         let t = Instant::now();
                         while fes.get(&key, 0).map(|f| f.slot_count).ok() != Some(10) {
@@ -179,7 +159,7 @@ pub fn e2e(sizes: &[usize], rounds: usize, load: &Load) -> Result<()> {
                             println!("  ours: {n} packets {name}");
                         }
                     }
-                    stop_agent(ch, b.path())?;
+                    stop(ch, node.ns(), b.path())?;
                 }
                 drop(dir);
                 node.ns().run("nft", &["flush", "ruleset"])?;

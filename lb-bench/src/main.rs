@@ -2,7 +2,7 @@
 //! `cargo xtask bench` (which builds the eBPF object and the release agent first). Each writes
 //! target/bench/<benchmark>.json; `report` gathers them into bench/.
 
-mod api_agent;
+mod agent;
 mod control_plane;
 mod e2e;
 mod kube_rules;

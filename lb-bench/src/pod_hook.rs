@@ -5,14 +5,15 @@
 
 use std::{
     net::SocketAddr,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use lb_tests::{agent_bin, workspace_root, BpffsGuard, Client, Node, TempDir, POD_IFACE_GLOB};
+use anyhow::{bail, Result};
+use lb_tests::{
+    workspace_root, AgentRun, BpffsGuard, Client, Node, PodHook, TempDir, POD_IFACE_GLOB,
+};
 
-use crate::{output::write_results, stats::median};
+use crate::{agent::stop, output::write_results, stats::median};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Contender {
@@ -29,11 +30,19 @@ impl Contender {
             Contender::Xdp => "XDP on pod veths, ClusterIP",
         }
     }
+
+    /// The agent's program on pod interfaces; none for the floor (no agent).
+    fn hook(self) -> Option<PodHook> {
+        match self {
+            Contender::Direct => None,
+            Contender::Tc => Some(PodHook::Tc),
+            Contender::Xdp => Some(PodHook::Xdp),
+        }
+    }
 }
 
 /// Runs the pod-hook benchmark; results in target/bench/pod-hook.json.
 pub fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()> {
-    let agent = agent_bin();
     let mut node = Node::new("bench")?;
     node.add_pod("client", [10, 244, 0, 2])?;
     for i in 1..=3u8 {
@@ -58,26 +67,17 @@ pub fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()
     for round in 0..rounds {
         for (i, c) in contenders.iter().enumerate() {
             let bpffs = BpffsGuard::new("bench")?;
-            let mut child = None;
-            if *c != Contender::Direct {
-                let hook = if *c == Contender::Tc { "tc" } else { "xdp" };
-                let mut cmd = Command::new(&agent);
-                cmd.args([
-                    "run",
-                    "--node",
-                    "node-a",
-                    "--pod-interfaces",
-                    POD_IFACE_GLOB,
-                ])
-                .args(["--pod-hook", hook, "--manifests"])
-                .arg(manifests.path())
-                .arg("--bpffs")
-                .arg(bpffs.path());
-                let mut ch = node.ns().spawn("agent", &cmd)?;
-                ch.wait_for_output("running", Duration::from_secs(20))
-                    .with_context(|| ch.logs())?;
-                child = Some(ch);
-            }
+            let child = match c.hook() {
+                Some(hook) => {
+                    // The Node of examples/manifests/node.yaml.
+                    let mut run = AgentRun::new("node-a", bpffs.path());
+                    run.manifests(manifests.path())
+                        .pod_interfaces(POD_IFACE_GLOB)
+                        .pod_hook(hook);
+                    Some(run.start(node.ns(), Duration::from_secs(20))?)
+                }
+                None => None,
+            };
             let target = if *c == Contender::Direct { direct } else { vip };
             let client = Client::new(node.pod("client").ns()).budget(Duration::from_secs(120));
             let start = Instant::now();
@@ -104,15 +104,8 @@ pub fn pod_hook(rounds: usize, connections: usize, requests: usize) -> Result<()
                 "round {round}: {:<28} {conn_rate:>8.0} conn/s {req_rate:>8.0} req/s",
                 c.name()
             );
-            if let Some(mut ch) = child {
-                ch.stop()?;
-                let out = Command::new(&agent)
-                    .args(["cleanup", "--bpffs"])
-                    .arg(bpffs.path())
-                    .output()?;
-                if !out.status.success() {
-                    bail!("cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
-                }
+            if let Some(ch) = child {
+                stop(ch, node.ns(), bpffs.path())?;
             }
         }
     }

@@ -1,11 +1,16 @@
 //! The N ClusterIP Services the control-plane and e2e benchmarks program, and how they reach our
-//! agent: manifests files and the map key of each Service's frontend.
+//! agent: as objects (built with [`lb_tests::objects`]) for the fake API server or a manifests
+//! directory, and the map key of each Service's frontend.
 
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use lb_common::maps::{FrontendKey, PROTO_TCP};
-use lb_tests::manifests::{node_yaml, ManifestDir, Protocol, Service};
+use lb_tests::{
+    manifests::ManifestDir,
+    objects::{node_yaml, ready, tcp_port, to_yaml, Endpoint, Service},
+};
+use serde_json::Value;
 
 use crate::kube_rules::Svc;
 
@@ -35,11 +40,26 @@ pub fn services(n: usize, eps0: usize, ep: impl Fn(usize, usize) -> (Ipv4Addr, u
         .collect()
 }
 
+/// `s` as a Service object: its one TCP port to the first endpoint's port.
+fn object(s: &Svc) -> Service {
+    Service::new(&s.name, s.ip)
+        .namespace(&s.namespace)
+        .with_port(tcp_port(&s.port_name, s.port, s.endpoints[0].1))
+}
+
+/// `s`'s endpoints, ready, on [`NODE`].
+fn endpoints(s: &Svc) -> Vec<Endpoint> {
+    s.endpoints.iter().map(|e| ready(e.0, NODE)).collect()
+}
+
+/// The fake API server's objects of `s`: the Service and its EndpointSlice.
+pub fn api_objects(s: &Svc) -> [Value; 2] {
+    object(s).objects(&endpoints(s))
+}
+
+/// `s` and its EndpointSlice as one manifests file.
 fn yaml(s: &Svc) -> String {
-    let svc =
-        Service::new(&s.name, s.ip).port(&s.port_name, Protocol::Tcp, s.port, s.endpoints[0].1);
-    let ips: Vec<Ipv4Addr> = s.endpoints.iter().map(|e| e.0).collect();
-    svc.with_endpoints(NODE, &ips)
+    to_yaml(&api_objects(s))
 }
 
 /// The key of `s`'s frontend in `LB_FRONTENDS`.

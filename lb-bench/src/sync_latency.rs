@@ -14,13 +14,14 @@ use std::{
 use anyhow::{bail, Result};
 use lb_common::maps::{FrontendKey, PROTO_TCP};
 use lb_tests::{
-    fakeapi::{endpoint_slice, node, ready, service, tcp_port, FakeApi, Port},
+    fakeapi::FakeApi,
+    objects::{node, ready, tcp_port, Service},
     Node,
 };
 use serde_json::Value;
 
 use crate::{
-    api_agent::{stop_agent, ApiAgent},
+    agent::{stop, ApiAgent},
     output::write_results,
     stats::percentile,
 };
@@ -37,15 +38,19 @@ fn endpoint_ip(i: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, (n / 250) as u8, (n % 250 + 2) as u8)
 }
 
-fn port() -> Port {
-    tcp_port("http", 80, 8080)
+/// Service `bench/svc-i`: port 80 to 8080.
+fn service(i: usize) -> Service {
+    Service::new(&format!("svc-{i}"), cluster_ip(i))
+        .namespace("bench")
+        .with_port(tcp_port("http", 80, 8080))
 }
 
+/// Service i's EndpointSlice with `endpoints` ready endpoints.
 fn slice(i: usize, endpoints: usize) -> Value {
     let eps: Vec<_> = (0..endpoints)
         .map(|k| ready(endpoint_ip(i, k), NODE))
         .collect();
-    endpoint_slice("bench", &format!("svc-{i}"), "x1y2z", &[port()], &eps)
+    service(i).slice(&eps)
 }
 
 fn key(i: usize) -> FrontendKey {
@@ -64,15 +69,13 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
     api.apply(node(NODE, Some("172.18.0.10")))?;
     let started = Instant::now();
     for i in 0..services {
-        api.apply(service(
-            "bench",
-            &format!("svc-{i}"),
-            &cluster_ip(i).to_string(),
-            &[port()],
-        ))?;
+        api.apply(service(i).object())?;
         api.apply(slice(i, 2))?;
     }
-    let agent_run = ApiAgent::new(&api, NODE, "bench-sync", &["--min-sync-period", "10ms"])?;
+    let mut agent_run = ApiAgent::new(&api, NODE, "bench-sync")?;
+    agent_run
+        .run
+        .flag("--min-sync-period", format!("{}ms", MIN_SYNC.as_millis()));
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut agent, frontends) = agent_run.spawn(node_ns.ns(), deadline)?;
     let slots = |i: usize| frontends.get(&key(i), 0).ok().map(|f| f.slot_count);
@@ -137,7 +140,7 @@ fn run_one(services: usize, changes: usize) -> Result<Vec<Duration>> {
             sync_us.len()
         );
     }
-    stop_agent(agent, agent_run.bpffs())?;
+    stop(agent, node_ns.ns(), agent_run.bpffs())?;
     latencies.sort();
     Ok(latencies)
 }

@@ -31,7 +31,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::netns::{NetNs, CMD_TIMEOUT};
+use crate::cmd::CMD_TIMEOUT;
+use crate::netns::NetNs;
 use crate::paths::find_agent_bin;
 use crate::proc::Child;
 

@@ -33,15 +33,18 @@
 pub mod agent;
 pub mod bpffs;
 pub mod capture;
+pub mod cmd;
 pub mod fakeapi;
 pub mod inspect;
 pub mod lab;
 pub mod manifests;
+pub mod names;
 pub mod netns;
 pub mod objects;
 pub mod paths;
 pub mod proc;
 pub mod scratch;
+pub mod stale;
 pub mod topo;
 pub mod traffic;
 
@@ -49,9 +52,10 @@ pub use agent::{AgentRun, PodHook};
 pub use bpffs::BpffsGuard;
 pub use lab::Lab;
 pub use netns::{LinkStats, NetNs};
-pub use paths::{agent_bin, ebpf_object, find_agent_bin, workspace_root};
+pub use paths::{ebpf_object, find_agent_bin, workspace_root};
 pub use proc::Child;
-pub use scratch::{cleanup_stale, TempDir};
+pub use scratch::TempDir;
+pub use stale::cleanup_stale;
 pub use topo::{Cluster, Node, Pod, POD_IFACE_GLOB, SERVICE_CIDR};
 pub use traffic::{
     check_reply, tcp_request, tcp_spread, udp_request, udp_spread, Client, Reply, Spread, TcpConn,

@@ -1,6 +1,6 @@
 //! A [`ManifestDir`] the agent watches (`lb-agent run --manifests`), changed the ways a real
 //! writer changes files: in place, by an atomic rename, or by removal. The objects come from
-//! [`crate::objects`] (re-exported here for the benchmarks, which import them from this module).
+//! [`crate::objects`].
 //!
 //! ```no_run
 //! use lb_tests::manifests::ManifestDir;
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub use crate::objects::{node_yaml, Protocol, Service};
 use crate::scratch::TempDir;
 
 /// A scratch directory of manifests for `lb-agent run --manifests`, with a sibling staging

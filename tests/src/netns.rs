@@ -12,11 +12,10 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::proc::{run_cmd, run_ok, Child, Registry};
-use crate::scratch::{sweep_stale_once, unique_name, NETNS_PREFIX};
-
-/// Time limit for `ip` invocations and other short commands.
-pub const CMD_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::cmd::{run_cmd, run_ok, CMD_TIMEOUT};
+use crate::names::{unique_name, NETNS_PREFIX};
+use crate::proc::{Child, Registry};
+use crate::stale::{kill_all_in, sweep_stale_once};
 
 /// A named network namespace (`ip netns add lbt-<pid>-<n>-<tag>`) with `lo` up.
 ///
@@ -232,32 +231,6 @@ impl Drop for NetNs {
         kill_all_in(&self.name);
         delete_netns(&self.name);
     }
-}
-
-/// SIGKILL every process (other than this one) whose main thread is in namespace `name`, and wait
-/// briefly for them to go.
-pub(crate) fn kill_all_in(name: &str) {
-    let me = std::process::id() as i32;
-    for _ in 0..50 {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "pids", name]);
-        let Ok(out) = run_ok(cmd, CMD_TIMEOUT) else {
-            return;
-        };
-        let pids: Vec<i32> = out
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .filter(|p| *p != me)
-            .collect();
-        if pids.is_empty() {
-            return;
-        }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("lb-tests: processes survive in netns {name}");
 }
 
 fn delete_netns(name: &str) {

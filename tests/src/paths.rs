@@ -40,8 +40,3 @@ pub fn find_agent_bin() -> Result<PathBuf> {
     }
     Ok(p)
 }
-
-/// [`find_agent_bin`] for tests: panics with what to run when the binary is missing.
-pub fn agent_bin() -> PathBuf {
-    find_agent_bin().unwrap_or_else(|e| panic!("{e:#}"))
-}

@@ -66,16 +66,37 @@ pub fn build_ebpf(opts: &EbpfOpts) -> Result<()> {
         .join("lb-ebpf");
     let dest = ebpf_object();
     std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
-    std::fs::copy(&built, &dest)
-        .with_context(|| format!("copying {} to {}", built.display(), dest.display()))?;
+    let object = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    // Rewritten only when it changed: lb-agent's build script watches its mtime, and a copy of
+    // the same bytes would rebuild the agent on every `cargo xtask build`, `test` and `bench`.
+    if std::fs::read(&dest).ok().as_ref() != Some(&object) {
+        std::fs::write(&dest, &object).with_context(|| format!("writing {}", dest.display()))?;
+    }
     eprintln!("xtask: eBPF object at {}", dest.display());
     Ok(())
 }
 
-/// `cargo` (the one running xtask) in the workspace root.
+/// `cargo` (the one running xtask) in the workspace root, without the package variables
+/// `cargo run` set for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...): build scripts
+/// such as ring's rerun when those change, so they and every crate above them (kube, lb-agent)
+/// would be rebuilt each time the workspace is built by hand after `cargo xtask`, and back.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            cmd.env_remove(&key);
+        }
+    }
     cmd
 }
 

@@ -34,10 +34,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::netns::NetNs;
-/// The objects it serves, also here for the benchmarks (new code imports [`crate::objects`]).
-pub use crate::objects::{
-    endpoint_slice, node, ready, service, tcp_port, udp_port, Endpoint, Port,
-};
 use serve::accept_loop;
 use state::{key_of, Event, Shared};
 pub use state::{Requests, Resource};
