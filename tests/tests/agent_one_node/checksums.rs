@@ -81,8 +81,13 @@ fn classify(
     );
     let field = u16::from_ne_bytes([l4[csum_at], l4[csum_at + 1]]);
     let udp = proto == 17;
+    let partial = frame.status & libc::TP_STATUS_CSUMNOTREADY != 0;
+    // A seed is also a valid full checksum for 1 segment in 65,536: in a CHECKSUM_PARTIAL packet,
+    // where the seed is what must be there, it is read as the seed.
     let kind = if udp && field == 0 {
         Csum::Zero
+    } else if partial && field == seed {
+        Csum::Seed
     } else if checksum(u32::from(seed), l4) == 0 {
         Csum::Full
     } else if field == seed {
@@ -90,7 +95,6 @@ fn classify(
     } else {
         Csum::Wrong
     };
-    let partial = frame.status & libc::TP_STATUS_CSUMNOTREADY != 0;
     let want = if partial {
         Csum::Seed
     } else if udp && NO_CSUM_PORTS.contains(&src.port()) && side == "backend" {
@@ -390,6 +394,40 @@ fn the_checksum_classifier_tells_full_seed_zero_and_wrong_apart() {
             ..full
         }),
         (Csum::Full, Csum::Seed)
+    );
+    // A seed that is also a valid full checksum (1 segment in 65,536; the payload is chosen
+    // here to make it one) is what a CHECKSUM_PARTIAL packet must carry: read as the seed.
+    let mut l4 = [&src.port().to_be_bytes()[..], &dst.port().to_be_bytes()].concat();
+    l4.extend_from_slice(&12u16.to_be_bytes());
+    let s12 = pseudo_header_seed(
+        u32::from_ne_bytes(src.ip().octets()),
+        u32::from_ne_bytes(dst.ip().octets()),
+        17,
+        12,
+    );
+    l4.extend_from_slice(&s12.to_ne_bytes());
+    l4.extend_from_slice(&[0; 4]);
+    let fill = checksum(u32::from(s12), &l4);
+    l4[10..12].copy_from_slice(&fill.to_ne_bytes());
+    assert_eq!(
+        checksum(u32::from(s12), &l4),
+        0,
+        "the seed is a full checksum too"
+    );
+    let mut both = seed.clone();
+    both.data.truncate(at - 6);
+    both.data.extend_from_slice(&l4);
+    both.data[14 + 2..14 + 4].copy_from_slice(&(20u16 + 12).to_be_bytes());
+    both.data[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = checksum(0, &both.data[14..14 + 20]);
+    both.data[14 + 10..14 + 12].copy_from_slice(&c.to_ne_bytes());
+    assert_eq!(kinds(&both), (Csum::Seed, Csum::Seed));
+    assert_eq!(
+        kinds(&Frame {
+            status: 0,
+            ..both.clone()
+        }),
+        (Csum::Full, Csum::Full)
     );
     assert_eq!(kinds(&frame(src, true, 0)), (Csum::Zero, Csum::Full));
     let no_csum_src = SocketAddrV4::new(CLIENT_IP, NO_CSUM_PORTS.start);
