@@ -66,6 +66,7 @@ pub fn frontend(port: u16, protocol: Protocol, backends: &[&str]) -> Frontend {
             .collect(),
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
+        scope: Default::default(),
         source_ranges: Vec::new(),
     }
 }
