@@ -172,6 +172,8 @@ pub struct Tracker {
     /// `primary` may lack the Node's addresses, and the agent only adds.
     node_known: bool,
     host: Host,
+    /// Whether the first evaluation was logged (it is, even when it chose nothing).
+    logged: bool,
 }
 
 impl Tracker {
@@ -213,7 +215,7 @@ impl Tracker {
             }
         };
         let next = evaluate(&self.cfg, &view, &self.node);
-        if next.devices != self.host.devices {
+        if next.devices != self.host.devices || !self.logged {
             let how = if self.cfg.devices.is_auto() {
                 "detected"
             } else {
@@ -221,13 +223,14 @@ impl Tracker {
             };
             info!(devices = %next.describe_devices(), how, "node devices");
         }
-        if next.nodeport_addresses != self.host.nodeport_addresses {
+        if next.nodeport_addresses != self.host.nodeport_addresses || !self.logged {
             info!(
                 addresses = %next.describe_addresses(&view),
                 "NodePort addresses"
             );
         }
         self.host = next;
+        self.logged = true;
         &self.host
     }
 }
