@@ -1,20 +1,18 @@
-//! Which interfaces get which program, and a watch for interfaces that come and go.
+//! Which interfaces get which program: node devices (the set `host` chose) and pod interfaces
+//! (by glob).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
-use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::dataplane::HookKind;
 
-/// `RTMGRP_LINK`: the rtnetlink multicast group of link changes.
-const RTMGRP_LINK: u32 = 1;
-
-/// Interface selection: node devices by name, pod interfaces by glob.
+/// Interface selection: node devices by name (the set `host::Tracker` chose, from `--devices`
+/// or detected), pod interfaces by glob.
 #[derive(Clone, Debug)]
 pub struct Selector {
-    pub devices: Vec<String>,
+    /// The node devices now.
+    pub devices: BTreeSet<String>,
     pub device_hook: HookKind,
     pub pod_patterns: Vec<glob::Pattern>,
     pub pod_hook: HookKind,
@@ -24,7 +22,7 @@ impl Selector {
     /// The hook `ifname` gets, if any. A named device wins over a pod pattern. A device that
     /// is a veth gets the XDP variant for veths.
     pub fn hook_for(&self, ifname: &str) -> Option<HookKind> {
-        if self.devices.iter().any(|d| d == ifname) {
+        if self.devices.contains(ifname) {
             if self.device_hook == HookKind::Xdp && crate::dataplane::is_veth(ifname) {
                 return Some(HookKind::XdpVeth);
             }
@@ -54,29 +52,6 @@ impl Selector {
     }
 }
 
-/// Sends a message on `tx` whenever a link is added, removed or changed in this network
-/// namespace (and once when the socket overflowed, so nothing is missed).
-pub fn watch_links(tx: mpsc::Sender<()>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut sock = TokioSocket::new(NETLINK_ROUTE)?;
-    sock.socket_mut().bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            match sock.recv_from_full().await {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    warn!("link watch overflowed; rescanning interfaces");
-                }
-                Err(e) => {
-                    warn!(error = %e, "link watch failed; interfaces are no longer followed");
-                    return;
-                }
-            }
-            // A full channel already holds a pending rescan.
-            let _ = tx.try_send(());
-        }
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +60,7 @@ mod tests {
     #[test]
     fn devices_win_over_pod_patterns_and_globs_match() {
         let s = Selector {
-            devices: vec!["eth0".into()],
+            devices: BTreeSet::from(["eth0".into()]),
             device_hook: HookKind::Xdp,
             pod_patterns: vec![
                 glob::Pattern::new("lxc*").unwrap(),

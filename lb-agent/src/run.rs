@@ -18,9 +18,10 @@ use tracing::{error, info, warn};
 use crate::{
     dataplane::{Dataplane, MapSizes},
     entries::{self, Capacity, Desired, Entries, Ids},
+    host::{self, HostConfig, Tracker},
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
-    links::{watch_links, Selector},
+    links::Selector,
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -41,6 +42,9 @@ pub struct RunConfig {
     pub source: SourceConfig,
     pub node: String,
     pub bpffs: PathBuf,
+    /// Which interfaces are node devices and which addresses NodePort addresses.
+    pub host: HostConfig,
+    /// Which interface gets which program (its `devices` follow `host`).
     pub selector: Selector,
     pub sizes: MapSizes,
     pub xdp_mode: aya::programs::XdpMode,
@@ -92,6 +96,8 @@ struct Agent {
     warned_skipped: BTreeSet<String>,
     /// The plan per Service (API source), so a change replans only what it touches.
     cache: PlanCache,
+    /// The node devices and NodePort addresses, followed through netlink.
+    host: Tracker,
 }
 
 /// The plan kept between syncs, so a change replans only the Services it touches: the whole
@@ -243,6 +249,13 @@ impl Agent {
         self.telemetry
             .set_node_eligible(node_eligible(&snapshot, &self.cfg.node));
         self.apply(reason, started, trigger_times, Maps::Full).await;
+        // Device detection and `--nodeport-addresses primary` read the Node's addresses.
+        if self
+            .host
+            .set_node(plan::node_addresses(&snapshot, &self.cfg.node))
+        {
+            self.refresh_host();
+        }
     }
 
     /// Replans only the Services `dirty` touches (API source) and applies the difference.
@@ -376,10 +389,30 @@ impl Agent {
         }
         self.telemetry.full_resync(drifted);
         self.sync("periodic resync", &[]).await;
+        // Also repairs the NodePort addresses and devices, should a netlink event be lost.
+        self.refresh_host();
+    }
+
+    /// Rereads the namespace's links, addresses and routes: the node devices and NodePort
+    /// addresses they give reach the maps and the links. Until the Node has been read, nothing
+    /// is removed (a restarted agent keeps serving what the previous one chose).
+    fn refresh_host(&mut self) {
+        let host = self.host.refresh();
+        self.cfg.selector.devices = host.device_names();
+        let remove = self.host.node_known();
+        match self.dp.write_host(self.host.host(), remove) {
+            Ok((addrs, devices)) => self.telemetry.set_host_entries(addrs, devices),
+            Err(e) => error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "writing the NodePort addresses and devices failed"
+            ),
+        }
+        self.reconcile_links();
     }
 
     /// Attaches to every wanted interface not yet attached, then unpins links of vanished
     /// interfaces and of hooks no longer wanted (in that order: no gap without a program).
+    /// Until the Node has been read, nothing is unpinned.
     fn reconcile_links(&mut self) {
         let wanted = self.cfg.selector.wanted();
         for (ifname, hook) in &wanted {
@@ -395,7 +428,9 @@ impl Agent {
                 );
             }
         }
-        self.dp.prune_links(&wanted);
+        if self.host.node_known() {
+            self.dp.prune_links(&wanted);
+        }
     }
 }
 
@@ -435,11 +470,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     };
     let mut ids = Ids::adopt(cap, &current);
     ids.nodeport_source_ranges = cfg.nodeport_source_ranges;
-    for d in &cfg.selector.devices {
-        if crate::dataplane::ifindex(d).is_none() {
+    for p in &cfg.host.devices.patterns {
+        let found = nix::net::if_::if_nameindex()
+            .is_ok_and(|l| l.iter().any(|i| p.matches(&i.name().to_string_lossy())));
+        if !found {
             warn!(
-                device = d,
-                "device not found; it will be attached when it appears"
+                device = p.as_str(),
+                "no such device yet; it will be attached when it appears"
             );
         }
     }
@@ -464,6 +501,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         Source::Api(api) => Some(api.clone()),
         Source::Manifests(_) => None,
     };
+    let cfg_host = cfg.host.clone();
     let mut agent = Agent {
         health_checks: HealthCheckServers::new(telemetry.clone()),
         cfg,
@@ -477,6 +515,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         warned: BTreeSet::new(),
         warned_skipped: BTreeSet::new(),
         cache: PlanCache::default(),
+        host: Tracker::new(cfg_host),
     };
     // Maps first, then programs: a program never runs against maps older than the files.
     // From the API, nothing is programmed before the caches are full (below); until then the
@@ -486,8 +525,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     }
 
     let (link_tx, mut link_rx) = mpsc::channel(1);
-    let _link_task = watch_links(link_tx).context("watching links (netlink)")?;
-    agent.reconcile_links();
+    let _link_task = host::watch(link_tx).context("watching links and addresses (netlink)")?;
+    agent.refresh_host();
 
     let (file_tx, mut file_rx) = mpsc::channel(1);
     let _watcher = match &agent.cfg.source {
@@ -547,7 +586,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 while file_rx.try_recv().is_ok() {}
                 agent.sync("manifests changed", &[]).await;
             }
-            Some(()) = link_rx.recv() => agent.reconcile_links(),
+            Some(()) = link_rx.recv() => agent.refresh_host(),
             _ = resync.tick(), if ready => agent.resync().await,
         }
     }

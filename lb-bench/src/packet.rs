@@ -90,6 +90,7 @@ fn frontend(i: usize) -> Frontend {
             .collect(),
         on_empty: None,
         affinity_timeout_seconds: None,
+        scope: Default::default(),
         source_ranges: Vec::new(),
     }
 }

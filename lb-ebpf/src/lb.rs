@@ -1,15 +1,16 @@
 //! The load balancer, written once over any [`Hook`]: `run` drives a packet through parse,
-//! decision, action and count; `decide` is the decision itself (source ranges, frontend lookup,
-//! conntrack, affinity, backend choice, SNAT and hairpin, which address and port to rewrite).
+//! decision, action and count; `decide` is the decision itself (source ranges, frontend lookup
+//! in `lookup_frontend`, conntrack, affinity, backend choice, SNAT and hairpin, which address and
+//! port to rewrite).
 //! It sees the hooks only through the trait, never a program type.
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     hash::{flow_hash, slot_of},
     maps::{
-        Affinity, AffinityKey, Backend, Frontend, FrontendKey, SlotKey, SrcRange, CT_DIR_ORIGINAL,
-        CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY, FE_F_SOURCE_RANGES, HAIRPIN_ADDR,
-        PROTO_TCP,
+        Affinity, AffinityKey, Backend, Frontend, FrontendKey, NodeAddrKey, SlotKey, SrcRange,
+        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_POD_SCOPE, FE_F_REJECT_EMPTY,
+        FE_F_SOURCE_RANGES, HAIRPIN_ADDR, NODEPORT_ANY_ADDR, PROTO_TCP, SCOPE_ANY, SCOPE_PODS,
     },
     verdict::Reason,
 };
@@ -17,7 +18,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, Created, NewFlow},
     hook::{Action, Hook, Nat},
-    maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS, LB_SRC_RANGES},
+    maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_NODE_ADDRS, LB_SLOTS, LB_SRC_RANGES},
     parse::{parse, Headers, Parsed, TCP_ACK, TCP_SYN},
     stats::{count_frontend, count_verdict},
 };
@@ -54,15 +55,7 @@ pub fn run<H: Hook>(hook: &H) -> H::Verdict {
 /// Decides what happens to an IPv4 TCP/UDP packet of `len` bytes arriving on `hook`.
 #[inline(always)]
 pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> (Reason, Action) {
-    let fkey = FrontendKey {
-        addr_be: h.daddr,
-        port_be: h.dport,
-        proto: h.proto,
-        scope: 0,
-    };
-    // SAFETY: the value is copied out at once; the agent replaces entries whole.
-    if let Some(fe) = unsafe { LB_FRONTENDS.get(fkey) } {
-        let fe: Frontend = *fe;
+    if let Some(fe) = lookup_frontend::<H>(h) {
         return to_frontend(hook, h, len, &fe);
     }
     if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_REPLY)) {
@@ -79,6 +72,43 @@ pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> (Reason, Action) {
         }
     }
     (Reason::PassNoService, Action::Pass)
+}
+
+/// The frontend a packet is addressed to: the entry of its destination address, port and
+/// protocol; failing that, when the destination is one of this node's NodePort addresses
+/// (`LB_NODE_ADDRS`), the wildcard NodePort entry of its port and protocol. Either way, on a
+/// hook that sees this node's pods, an entry flagged `FE_F_POD_SCOPE` yields to its
+/// `SCOPE_PODS` variant (kube-proxy's externalTrafficPolicy Local short-circuit).
+#[inline(always)]
+fn lookup_frontend<H: Hook>(h: &Headers) -> Option<Frontend> {
+    // 0.0.0.0 would find the wildcard entries by their own key.
+    if h.daddr == NODEPORT_ANY_ADDR {
+        return None;
+    }
+    let mut key = FrontendKey {
+        addr_be: h.daddr,
+        port_be: h.dport,
+        proto: h.proto,
+        scope: SCOPE_ANY,
+    };
+    // SAFETY (all three gets): values are copied out at once; the agent replaces entries whole.
+    let fe = match unsafe { LB_FRONTENDS.get(key) } {
+        Some(fe) => *fe,
+        None => {
+            let node_addr = NodeAddrKey { addr_be: h.daddr };
+            // SAFETY: only tested for presence.
+            unsafe { LB_NODE_ADDRS.get(node_addr) }?;
+            key.addr_be = NODEPORT_ANY_ADDR;
+            *unsafe { LB_FRONTENDS.get(key) }?
+        }
+    };
+    if H::FROM_PODS && fe.flags & FE_F_POD_SCOPE != 0 {
+        key.scope = SCOPE_PODS;
+        if let Some(pods) = unsafe { LB_FRONTENDS.get(key) } {
+            return Some(*pods);
+        }
+    }
+    Some(fe)
 }
 
 #[inline(always)]

@@ -106,6 +106,8 @@ impl Hook for Tc<'_> {
     type Verdict = i32;
     const PASS: i32 = TC_ACT_UNSPEC;
     const DROP: i32 = TC_ACT_SHOT as _;
+    /// `lb_tc` is attached to pod interfaces only.
+    const FROM_PODS: bool = true;
 
     #[inline(always)]
     fn start(&self) -> usize {

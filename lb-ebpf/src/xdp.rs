@@ -49,6 +49,7 @@ impl<const AT: u8> Hook for Xdp<'_, AT> {
     /// XDP_TX on the host side of a veth goes nowhere unless the pod's side runs NAPI (XDP or
     /// GRO there), which a pod's interface does not by default: pod hooks drop instead.
     const CAN_REJECT: bool = AT != at::POD;
+    const FROM_PODS: bool = AT == at::POD;
 
     #[inline(always)]
     fn start(&self) -> usize {

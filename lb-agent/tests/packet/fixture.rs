@@ -7,12 +7,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use lb_agent::{
     dataplane::{Dataplane, MapSizes},
     entries::{self, Capacity, Entries, Ids},
+    host::Host,
     plan::Plan,
 };
 pub use lb_agent::{
     dataplane::{HookKind, Pinned},
     maglev,
-    plan::{Frontend, FrontendKind, OnEmpty, Protocol, SourceRange},
+    plan::{Frontend, FrontendKind, OnEmpty, Protocol, Scope, SourceRange},
 };
 use lb_common::verdict::Reason;
 use lb_tests::BpffsGuard;
@@ -66,6 +67,7 @@ pub fn frontend(port: u16, protocol: Protocol, backends: &[&str]) -> Frontend {
             .collect(),
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
+        scope: Default::default(),
         source_ranges: Vec::new(),
     }
 }
@@ -109,6 +111,20 @@ impl Fixture {
         let ops = entries::diff(&self.current, &desired);
         self.dp.apply(&ops).expect("apply");
         self.current = desired;
+    }
+
+    /// Makes `addrs` this node's NodePort addresses (`LB_NODE_ADDRS`), as the agent writes them.
+    pub fn node_addresses(&mut self, addrs: &[[u8; 4]]) {
+        let host = Host {
+            devices: Default::default(),
+            nodeport_addresses: addrs
+                .iter()
+                .map(|a| (Ipv4Addr::from(*a).into(), 1))
+                .collect(),
+        };
+        self.dp
+            .write_host(&host, true)
+            .expect("write LB_NODE_ADDRS");
     }
 
     pub fn run(&mut self, hook: HookKind, pkt: &[u8]) -> (u32, Vec<u8>) {

@@ -6,6 +6,7 @@
 //! `fixture` holds the fixture and every `lb_agent` import, `packets` the packet builders and
 //! readers; the other modules hold the tests, by concern.
 
+mod addresses;
 mod choice;
 mod conntrack;
 mod fixture;
