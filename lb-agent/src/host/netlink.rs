@@ -395,7 +395,7 @@ mod tests {
         let [lo, v0, v1, br0] = ["lo", "v0", "v1", "br0"].map(|n| ns.ifindex(n).unwrap());
         let view = ns.enter(read).unwrap();
         let link = |index| view.link(index).unwrap();
-        let up = super::super::IFF_UP;
+        let up = crate::host::IFF_UP;
         assert_eq!(
             (
                 link(lo).name.as_str(),
