@@ -91,6 +91,7 @@ fn frontend(i: usize) -> Frontend {
         on_empty: None,
         affinity_timeout_seconds: None,
         source_ranges: Vec::new(),
+        local_backends: Vec::new(),
     }
 }
 

@@ -146,9 +146,15 @@ pub struct Backend {
     pub port_be: u16,
     /// IP protocol.
     pub proto: u8,
-    /// Reserved, 0.
+    /// `BE_F_*` bits.
     pub flags: u8,
 }
+
+/// [`Backend::flags`]: the backend is on this node (its EndpointSlice endpoint's `nodeName` is
+/// this node, kube-proxy's `IsLocal`). From node devices a new flow to a backend without it is
+/// SNATed to this node's address on the route to the backend, so its replies come back here;
+/// to a backend with it only the destination changes and the backend sees the client.
+pub const BE_F_LOCAL: u8 = 1;
 
 /// [`CtKey::dir`]: a packet from the client towards the frontend.
 pub const CT_DIR_ORIGINAL: u8 = 0;

@@ -368,6 +368,11 @@ mod incremental_tests {
                     0 => vec![SourceRange::parse("192.168.7.0/24").unwrap()],
                     _ => Vec::new(),
                 };
+                let local_backends = backends
+                    .iter()
+                    .filter(|_| rng.below(2) == 0)
+                    .copied()
+                    .collect();
                 plan::Frontend {
                     service: service.into(),
                     port_name: String::new(),
@@ -379,6 +384,7 @@ mod incremental_tests {
                     backends,
                     affinity_timeout_seconds: (rng.below(4) == 0).then_some(10_800),
                     source_ranges,
+                    local_backends,
                 }
             })
             .collect()
@@ -532,6 +538,7 @@ mod incremental_tests {
             on_empty: backends.is_empty().then_some(OnEmpty::Reject),
             affinity_timeout_seconds: None,
             source_ranges: Vec::new(),
+            local_backends: Vec::new(),
         }
     }
 

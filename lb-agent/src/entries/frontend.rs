@@ -8,7 +8,8 @@ use std::{
 };
 
 use lb_common::maps::{
-    Backend, Frontend, FrontendKey, Slot, SlotKey, FE_F_REJECT_EMPTY, FE_F_SOURCE_RANGES,
+    Backend, Frontend, FrontendKey, Slot, SlotKey, BE_F_LOCAL, FE_F_REJECT_EMPTY,
+    FE_F_SOURCE_RANGES,
 };
 
 use super::{
@@ -197,6 +198,11 @@ pub(super) fn build(
                 bid
             }
         };
+        let flags = if fe.local_backends.contains(b) {
+            BE_F_LOCAL
+        } else {
+            0
+        };
         backends.push((
             bid,
             Backend {
@@ -204,7 +210,7 @@ pub(super) fn build(
                 addr_be: ident.addr_be,
                 port_be: ident.port_be,
                 proto,
-                flags: 0,
+                flags,
             },
         ));
         backend_ids.push(bid);
@@ -311,6 +317,7 @@ mod tests {
             on_empty: None,
             affinity_timeout_seconds: None,
             source_ranges: Vec::new(),
+            local_backends: Vec::new(),
         };
         let p = Plan {
             frontends: vec![
@@ -353,6 +360,7 @@ mod tests {
             on_empty: None,
             affinity_timeout_seconds: None,
             source_ranges: vec![SourceRange::parse("192.168.7.0/24").unwrap()],
+            local_backends: Vec::new(),
         };
         let p = Plan {
             frontends: vec![

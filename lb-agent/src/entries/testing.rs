@@ -16,6 +16,7 @@ pub(super) fn fe(ip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> 
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
         source_ranges: Vec::new(),
+        local_backends: Vec::new(),
     }
 }
 

@@ -67,6 +67,7 @@ pub fn frontend(port: u16, protocol: Protocol, backends: &[&str]) -> Frontend {
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
         source_ranges: Vec::new(),
+        local_backends: Vec::new(),
     }
 }
 
