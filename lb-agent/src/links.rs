@@ -1,7 +1,5 @@
 //! Which interfaces get which program, and a watch for interfaces that come and go.
 
-use std::collections::BTreeMap;
-
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -11,40 +9,69 @@ use crate::dataplane::HookKind;
 /// `RTMGRP_LINK`: the rtnetlink multicast group of link changes.
 const RTMGRP_LINK: u32 = 1;
 
+/// XDP on node devices (`--lb-acceleration`, Cilium's spelling): the accelerator in front of
+/// the tc program every node device gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Acceleration {
+    /// No XDP: tc alone.
+    Disabled,
+    /// Native XDP on node devices that are not veths and whose driver accepts it; others are
+    /// skipped, and the log says so. A veth never gets it: XDP_TX into a veth is lost unless
+    /// the veth's peer runs XDP or GRO, which nothing here controls.
+    #[default]
+    BestEffort,
+    /// Native XDP on every node device, veths included (their peers must run XDP or GRO); a
+    /// device that refuses it is an error.
+    Native,
+}
+
 /// Interface selection: node devices by name, pod interfaces by glob.
 #[derive(Clone, Debug)]
 pub struct Selector {
     pub devices: Vec<String>,
-    pub device_hook: HookKind,
+    pub acceleration: Acceleration,
     pub pod_patterns: Vec<glob::Pattern>,
     pub pod_hook: HookKind,
 }
 
 impl Selector {
-    /// The hook `ifname` gets, if any. A named device wins over a pod pattern. A device that
-    /// is a veth gets the XDP variant for veths.
-    pub fn hook_for(&self, ifname: &str) -> Option<HookKind> {
-        if self.devices.iter().any(|d| d == ifname) {
-            if self.device_hook == HookKind::Xdp && crate::dataplane::is_veth(ifname) {
-                return Some(HookKind::XdpVeth);
+    /// Whether `ifname` is a node device.
+    pub fn is_device(&self, ifname: &str) -> bool {
+        self.devices.iter().any(|d| d == ifname)
+    }
+
+    /// The hooks `ifname` gets, tc before XDP (the accelerator leaves packets to tc, which
+    /// must be there first). A node device gets the node-device tc program, and XDP as the
+    /// acceleration says; it wins over a pod pattern.
+    pub fn hooks_for(&self, ifname: &str) -> Vec<HookKind> {
+        if self.is_device(ifname) {
+            let xdp = match self.acceleration {
+                Acceleration::Disabled => false,
+                Acceleration::BestEffort => !crate::dataplane::is_veth(ifname),
+                Acceleration::Native => true,
+            };
+            let mut hooks = vec![HookKind::TcNic];
+            if xdp {
+                hooks.push(HookKind::Xdp);
             }
-            Some(self.device_hook)
+            hooks
         } else if self.pod_patterns.iter().any(|p| p.matches(ifname)) {
-            Some(self.pod_hook)
+            vec![self.pod_hook]
         } else {
-            None
+            Vec::new()
         }
     }
 
-    /// Every interface of this network namespace that should have a program: ifname -> hook.
-    pub fn wanted(&self) -> BTreeMap<String, HookKind> {
-        let mut out = BTreeMap::new();
+    /// Every (interface, hook) of this network namespace that should be attached, each
+    /// interface's hooks in attach order.
+    pub fn wanted(&self) -> Vec<(String, HookKind)> {
+        let mut out = Vec::new();
         match nix::net::if_::if_nameindex() {
             Ok(list) => {
                 for i in list.iter() {
                     let name = i.name().to_string_lossy().into_owned();
-                    if let Some(hook) = self.hook_for(&name) {
-                        out.insert(name, hook);
+                    for hook in self.hooks_for(&name) {
+                        out.push((name.clone(), hook));
                     }
                 }
             }
@@ -81,22 +108,40 @@ pub fn watch_links(tx: mpsc::Sender<()>) -> std::io::Result<tokio::task::JoinHan
 mod tests {
     use super::*;
 
-    /// Test that named devices win over pod globs and that globs match as shell globs.
-    #[test]
-    fn devices_win_over_pod_patterns_and_globs_match() {
-        let s = Selector {
+    fn selector(acceleration: Acceleration) -> Selector {
+        Selector {
             devices: vec!["eth0".into()],
-            device_hook: HookKind::Xdp,
+            acceleration,
             pod_patterns: vec![
                 glob::Pattern::new("lxc*").unwrap(),
                 glob::Pattern::new("eth*").unwrap(),
             ],
             pod_hook: HookKind::Tc,
-        };
-        assert_eq!(s.hook_for("eth0"), Some(HookKind::Xdp));
-        assert_eq!(s.hook_for("eth1"), Some(HookKind::Tc));
-        assert_eq!(s.hook_for("lxc12ab"), Some(HookKind::Tc));
-        assert_eq!(s.hook_for("lo"), None);
-        assert_eq!(s.hook_for("vxlxc"), None);
+        }
+    }
+
+    /// Test that named devices win over pod globs and that globs match as shell globs.
+    #[test]
+    fn devices_win_over_pod_patterns_and_globs_match() {
+        let s = selector(Acceleration::Disabled);
+        assert_eq!(s.hooks_for("eth0"), [HookKind::TcNic]);
+        assert_eq!(s.hooks_for("eth1"), [HookKind::Tc]);
+        assert_eq!(s.hooks_for("lxc12ab"), [HookKind::Tc]);
+        assert_eq!(s.hooks_for("lo"), []);
+        assert_eq!(s.hooks_for("vxlxc"), []);
+    }
+
+    /// Test that a node device always gets tc, and XDP in front of it (after it, in attach
+    /// order) where the acceleration asks for it: always when native, never when disabled.
+    #[test]
+    fn node_devices_get_tc_and_xdp_as_the_acceleration_says() {
+        assert_eq!(
+            selector(Acceleration::Native).hooks_for("eth0"),
+            [HookKind::TcNic, HookKind::Xdp]
+        );
+        assert_eq!(
+            selector(Acceleration::Disabled).hooks_for("eth0"),
+            [HookKind::TcNic]
+        );
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_agent::{
     dataplane::{self, HookKind, MapSizes},
-    links::Selector,
+    links::{Acceleration, Selector},
     run::{RunConfig, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -29,14 +29,6 @@ enum PodHook {
     Tc,
     /// Native XDP on the host side of each veth.
     Xdp,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum XdpModeArg {
-    /// Native where the driver supports it, generic otherwise.
-    Auto,
-    Native,
-    Generic,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +57,8 @@ enum Cmd {
         /// This node's name (as its Node object).
         #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
         node: String,
-        /// Node devices (NICs) that get the XDP program, comma-separated.
+        /// Node devices (NICs, the node's uplink veth, ...), comma-separated: each gets the
+        /// tc program, and XDP as --lb-acceleration says.
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
         /// Globs of pod interface names (host side), comma-separated, e.g. 'lxc*,cali*'.
@@ -74,9 +67,10 @@ enum Cmd {
         /// Program for pod interfaces.
         #[arg(long, value_enum, default_value = "tc")]
         pod_hook: PodHook,
-        /// XDP attach mode on node devices.
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpModeArg,
+        /// XDP on node devices, in front of their tc program: native XDP on devices that are
+        /// not veths and accept it (best-effort), on every device (native), or none.
+        #[arg(long, value_enum, default_value = "best-effort")]
+        lb_acceleration: Acceleration,
         /// bpffs directory for pins; a bpffs is mounted there if none is.
         #[arg(long, default_value = "/sys/fs/bpf/xdplb")]
         bpffs: PathBuf,
@@ -182,7 +176,7 @@ fn real_main() -> Result<()> {
             devices,
             pod_interfaces,
             pod_hook,
-            xdp_mode,
+            lb_acceleration,
             bpffs,
             conntrack_size,
             max_frontends,
@@ -201,7 +195,7 @@ fn real_main() -> Result<()> {
                 bpffs,
                 selector: Selector {
                     devices,
-                    device_hook: HookKind::Xdp,
+                    acceleration: lb_acceleration,
                     pod_patterns: pod_interfaces,
                     pod_hook: match pod_hook {
                         PodHook::Tc => HookKind::Tc,
@@ -212,11 +206,6 @@ fn real_main() -> Result<()> {
                     conntrack: conntrack_size,
                     frontends: max_frontends,
                     ..MapSizes::default()
-                },
-                xdp_mode: match xdp_mode {
-                    XdpModeArg::Auto => aya::programs::XdpMode::Default,
-                    XdpModeArg::Native => aya::programs::XdpMode::Driver,
-                    XdpModeArg::Generic => aya::programs::XdpMode::Skb,
                 },
                 min_sync_period,
                 resync_period,

@@ -16,11 +16,11 @@ use tokio::{signal::unix::SignalKind, sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::{
-    dataplane::{Dataplane, MapSizes},
+    dataplane::{Dataplane, HookKind, MapSizes},
     entries::{self, Capacity, Desired, Entries, Ids},
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
-    links::{watch_links, Selector},
+    links::{watch_links, Acceleration, Selector},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -41,9 +41,9 @@ pub struct RunConfig {
     pub source: SourceConfig,
     pub node: String,
     pub bpffs: PathBuf,
+    /// Which interfaces get which programs (node devices, acceleration, pod interfaces).
     pub selector: Selector,
     pub sizes: MapSizes,
-    pub xdp_mode: aya::programs::XdpMode,
     /// Syncs are at least this far apart (kube-proxy's --min-sync-period); changes in between
     /// are applied together.
     pub min_sync_period: Duration,
@@ -92,6 +92,9 @@ struct Agent {
     warned_skipped: BTreeSet<String>,
     /// The plan per Service (API source), so a change replans only what it touches.
     cache: PlanCache,
+    /// Node devices (name, ifindex) that refused native XDP under best-effort acceleration:
+    /// not tried again while the interface lives.
+    xdp_declined: BTreeSet<(String, u32)>,
 }
 
 /// The plan kept between syncs, so a change replans only the Services it touches: the whole
@@ -380,22 +383,53 @@ impl Agent {
 
     /// Attaches to every wanted interface not yet attached, then unpins links of vanished
     /// interfaces and of hooks no longer wanted (in that order: no gap without a program).
-    fn reconcile_links(&mut self) {
-        let wanted = self.cfg.selector.wanted();
+    /// XDP that a device refuses under best-effort acceleration is skipped (logged once per
+    /// interface); under native acceleration it is an error, returned (fatal at start).
+    fn reconcile_links(&mut self) -> Result<()> {
+        let mut wanted = self.cfg.selector.wanted();
+        let mut refused = Vec::new();
         for (ifname, hook) in &wanted {
-            if self.dp.is_attached(*hook, ifname) {
+            let idx = crate::dataplane::ifindex(ifname).unwrap_or(0);
+            if self.dp.is_attached(*hook, ifname)
+                || self.xdp_declined.contains(&(ifname.clone(), idx))
+            {
                 continue;
             }
-            if let Err(e) = self.dp.attach(*hook, ifname) {
+            let Err(e) = self.dp.attach(*hook, ifname) else {
+                continue;
+            };
+            let error = format!("{:#}", anyhow::Error::from(e));
+            if *hook != HookKind::Xdp {
+                error!(ifname, hook = hook.name(), error, "attach failed");
+            } else if self.cfg.selector.acceleration == Acceleration::BestEffort {
+                warn!(
+                    ifname,
+                    error, "no native XDP on this device: tc alone serves it"
+                );
+                self.xdp_declined.insert((ifname.clone(), idx));
+            } else {
                 error!(
                     ifname,
-                    hook = hook.name(),
-                    error = format!("{:#}", anyhow::Error::from(e)),
-                    "attach failed"
+                    error, "native XDP refused (--lb-acceleration native)"
                 );
+                refused.push(ifname.clone());
             }
         }
-        self.dp.prune_links(&wanted);
+        wanted.retain(|(n, h)| {
+            *h != HookKind::Xdp
+                || !self
+                    .xdp_declined
+                    .contains(&(n.clone(), crate::dataplane::ifindex(n).unwrap_or(0)))
+        });
+        self.dp.prune_links(&wanted.into_iter().collect());
+        if !refused.is_empty() {
+            anyhow::bail!(
+                "native XDP could not be attached to {} (--lb-acceleration native); \
+                 best-effort skips such devices",
+                refused.join(", ")
+            );
+        }
+        Ok(())
     }
 }
 
@@ -420,7 +454,7 @@ fn node_eligible(snapshot: &Snapshot, node: &str) -> bool {
 
 /// Runs the agent until SIGINT or SIGTERM. On exit the dataplane stays as it is.
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    let dp = Dataplane::load(&cfg.bpffs, cfg.sizes, cfg.xdp_mode)?;
+    let dp = Dataplane::load(&cfg.bpffs, cfg.sizes)?;
     let current = dp.read_entries().context("reading pinned maps")?;
     if !current.frontends.is_empty() {
         info!(
@@ -477,6 +511,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         warned: BTreeSet::new(),
         warned_skipped: BTreeSet::new(),
         cache: PlanCache::default(),
+        xdp_declined: BTreeSet::new(),
     };
     // Maps first, then programs: a program never runs against maps older than the files.
     // From the API, nothing is programmed before the caches are full (below); until then the
@@ -487,7 +522,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 
     let (link_tx, mut link_rx) = mpsc::channel(1);
     let _link_task = watch_links(link_tx).context("watching links (netlink)")?;
-    agent.reconcile_links();
+    agent.reconcile_links()?;
 
     let (file_tx, mut file_rx) = mpsc::channel(1);
     let _watcher = match &agent.cfg.source {
@@ -547,7 +582,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 while file_rx.try_recv().is_ok() {}
                 agent.sync("manifests changed", &[]).await;
             }
-            Some(()) = link_rx.recv() => agent.reconcile_links(),
+            Some(()) = link_rx.recv() => {
+                // Logged where it happened; a device added later does not stop the agent.
+                let _ = agent.reconcile_links();
+            }
             _ = resync.tick(), if ready => agent.resync().await,
         }
     }

@@ -21,8 +21,8 @@ pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 /// `LB_SRC_RANGES`: LPM trie, [`SrcRange`] (with a prefix length) -> u32 (1). Sources
 /// allowed to reach frontends with [`FE_F_SOURCE_RANGES`] (loadBalancerSourceRanges).
 pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
-/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How packets XDP
-/// rewrote on node devices left it.
+/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How rewritten
+/// packets left the program that rewrote them (XDP_TX, left to tc, redirected, to the stack).
 pub const MAP_PATHS: &str = "LB_PATHS";
 
 /// Every map, in the order the agent pins and removes them.
