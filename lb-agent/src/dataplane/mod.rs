@@ -6,7 +6,8 @@
 //! - `links/<hook>-<ifname>@<ifindex>`: one pinned link per attachment; it keeps the program
 //!   attached after the agent exits, and a restarted agent swaps its new program in atomically.
 //!
-//! Files: this one loads the programs and maps and runs programs on test packets; `object` holds
+//! Files: this one loads the programs and maps and runs programs on test packets; `probe` checks
+//! the kernel has the features the programs need, before anything is loaded; `object` holds
 //! the embedded eBPF object and checks maps pinned by an earlier build against it; `writer`
 //! applies map writes; `reader` reads the maps back (the agent's and, for `inspect`, pinned ones);
 //! `attach` attaches programs through pinned links and removes pins (`cleanup`); `sys` wraps the
@@ -15,6 +16,7 @@
 mod attach;
 mod error;
 mod object;
+pub mod probe;
 mod reader;
 mod sys;
 mod writer;
@@ -167,9 +169,11 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the programs; maps are reused from `<root>/maps` where pinned, created otherwise.
+    /// Checks the kernel has what the programs need, then loads the programs; maps are reused
+    /// from `<root>/maps` where pinned, created otherwise.
     pub fn load(root: &Path, sizes: MapSizes) -> Result<Self> {
         object::check_object(object::EBPF_OBJECT)?;
+        require_kernel_features()?;
         ensure_bpffs(root)?;
         let maps_dir = root.join("maps");
         for dir in [&maps_dir, &root.join("links")] {
@@ -244,6 +248,25 @@ impl Dataplane {
             prog.test_run(opts).map_err(prog_err(name))
         }
     }
+}
+
+/// Refuses a kernel that lacks a feature the programs need, naming it and the release that
+/// has it; logs what is used.
+fn require_kernel_features() -> Result<()> {
+    let missing = probe::missing().map_err(DataplaneError::Probe)?;
+    if let Some(f) = missing {
+        return Err(DataplaneError::KernelFeature {
+            feature: f.name,
+            used_for: f.used_for,
+            since: f.since,
+        });
+    }
+    let used: Vec<String> = probe::ALL
+        .iter()
+        .map(|f| format!("{} ({})", f.name, f.since))
+        .collect();
+    info!(features = used.join(", "), "kernel features in use");
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>

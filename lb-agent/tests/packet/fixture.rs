@@ -4,15 +4,15 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+pub use lb_agent::{
+    dataplane::{probe, HookKind, Pinned},
+    maglev,
+    plan::{Frontend, FrontendKind, OnEmpty, Protocol, SourceRange},
+};
 use lb_agent::{
     dataplane::{Dataplane, MapSizes},
     entries::{self, Capacity, Entries, Ids},
     plan::Plan,
-};
-pub use lb_agent::{
-    dataplane::{HookKind, Pinned},
-    maglev,
-    plan::{Frontend, FrontendKind, OnEmpty, Protocol, SourceRange},
 };
 use lb_common::verdict::Reason;
 use lb_tests::BpffsGuard;

@@ -18,3 +18,4 @@ mod nodeport;
 mod packets;
 mod passthrough;
 mod policy;
+mod probe;
