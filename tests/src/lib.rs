@@ -36,6 +36,7 @@ pub mod capture;
 pub mod cmd;
 pub mod fakeapi;
 pub mod inspect;
+pub mod kube_rules;
 pub mod lab;
 pub mod manifests;
 pub mod names;
