@@ -147,7 +147,7 @@ impl Path {
             Path::XdpPassTc => "xdp_pass_tc",
             Path::XdpPassPartial => "xdp_pass_partial",
             Path::TcRedirect => "tc_redirect",
-            Path::TcStackNotForwarded => "tc_stack_not_forwarded",
+            Path::TcStackNotForwarded => "tc_stack_not_fwded",
             Path::TcStackFib => "tc_stack_fib",
         }
     }

@@ -242,7 +242,7 @@ fn tcp_and_udp_new_and_established_flows_are_answered_from_the_frontend() {
             "xdp_tx",
             "xdp_pass_tc",
             "xdp_pass_partial",
-            "tc_stack_not_forwarded",
+            "tc_stack_not_fwded",
             "tc_stack_fib",
         ] {
             assert_eq!(path(&v, p), 0, "node-{i} {p}: {:#}", v["paths"]);
