@@ -11,13 +11,16 @@ use anyhow::{Context, Result};
 use lb_common::{
     maps::{
         CtEntry, CtKey, CT_DIR_ORIGINAL, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY, PROTO_TCP,
-        PROTO_UDP,
+        PROTO_UDP, SCOPE_PODS,
     },
     verdict::{Path as FwdPath, Reason},
 };
 use serde_json::json;
 
-use crate::dataplane::{pinned_links, Pinned};
+use crate::{
+    dataplane::{pinned_links, unpadded, Pinned},
+    host::reason_names,
+};
 
 fn addr(raw: u32, port_raw: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(raw.to_ne_bytes()), u16::from_be(port_raw))
@@ -70,6 +73,7 @@ pub fn inspect_json(root: &Path) -> Result<serde_json::Value> {
         frontends.push(json!({
             "frontend": addr(k.addr_be, k.port_be).to_string(),
             "protocol": proto_name(k.proto),
+            "scope": if k.scope == SCOPE_PODS { "pods" } else { "any" },
             "id": f.id,
             "on_empty": if f.flags & FE_F_REJECT_EMPTY != 0 { "reject" } else { "drop" },
             "affinity_timeout_seconds": f.affinity_timeout_s,
@@ -99,9 +103,38 @@ pub fn inspect_json(root: &Path) -> Result<serde_json::Value> {
         .into_iter()
         .map(|l| json!({"hook": l.hook, "ifname": l.ifname, "ifindex": l.ifindex}))
         .collect();
-    Ok(
-        json!({"frontends": frontends, "verdicts": verdicts, "paths": paths, "conntrack": conntrack, "links": links}),
-    )
+    let devices = pinned.devices()?;
+    let device_list: Vec<_> = devices
+        .iter()
+        .map(|(index, d)| {
+            json!({
+                "ifname": unpadded(&d.name),
+                "ifindex": index,
+                "kind": unpadded(&d.kind),
+                "reasons": reason_names(d.reasons),
+            })
+        })
+        .collect();
+    let nodeport_addresses: Vec<_> = pinned
+        .node_addresses()?
+        .iter()
+        .map(|(k, a)| {
+            json!({
+                "addr": Ipv4Addr::from(k.addr_be.to_ne_bytes()).to_string(),
+                "ifindex": a.ifindex,
+                "ifname": devices.get(&a.ifindex).map(|d| unpadded(&d.name)),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "frontends": frontends,
+        "verdicts": verdicts,
+        "paths": paths,
+        "conntrack": conntrack,
+        "links": links,
+        "devices": device_list,
+        "nodeport_addresses": nodeport_addresses,
+    }))
 }
 
 fn ct_json(k: &CtKey, e: &CtEntry, now: u64) -> serde_json::Value {
@@ -126,13 +159,21 @@ pub fn inspect_text(root: &Path, conntrack_limit: Option<usize>) -> Result<Strin
     let mut out = String::new();
     let empty = Vec::new();
     let list = |key: &str| v[key].as_array().unwrap_or(&empty).clone();
-    writeln!(out, "Frontends:")?;
+    writeln!(
+        out,
+        "Frontends (a NodePort's address 0.0.0.0: every NodePort address):"
+    )?;
     for f in list("frontends") {
         writeln!(
             out,
-            "  {} {}  id {}  {} backends  on-empty {}  packets {}  bytes {}  new flows {}",
+            "  {} {}{}  id {}  {} backends  on-empty {}  packets {}  bytes {}  new flows {}",
             f["protocol"].as_str().unwrap_or(""),
             f["frontend"].as_str().unwrap_or(""),
+            if f["scope"] == "pods" {
+                " (from pods)"
+            } else {
+                ""
+            },
             f["id"],
             f["backends"].as_array().map_or(0, |b| b.len()),
             f["on_empty"].as_str().unwrap_or(""),
@@ -204,6 +245,37 @@ pub fn inspect_text(root: &Path, conntrack_limit: Option<usize>) -> Result<Strin
             } else {
                 ""
             },
+        )?;
+    }
+    writeln!(out, "Node devices:")?;
+    for d in list("devices") {
+        let reasons: Vec<&str> = d["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        let kind = d["kind"].as_str().unwrap_or("");
+        writeln!(
+            out,
+            "  {} (ifindex {}{}): {}",
+            d["ifname"].as_str().unwrap_or(""),
+            d["ifindex"],
+            if kind.is_empty() {
+                String::new()
+            } else {
+                format!(", {kind}")
+            },
+            reasons.join(", "),
+        )?;
+    }
+    writeln!(out, "NodePort addresses:")?;
+    for a in list("nodeport_addresses") {
+        writeln!(
+            out,
+            "  {} on {}",
+            a["addr"].as_str().unwrap_or(""),
+            a["ifname"]
+                .as_str()
+                .map_or_else(|| format!("ifindex {}", a["ifindex"]), str::to_owned),
         )?;
     }
     writeln!(out, "Links:")?;

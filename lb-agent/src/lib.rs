@@ -3,10 +3,13 @@
 //!
 //! Pipeline: `source` (manifests) or `kube_source` (API watch) -> `model::Snapshot` -> `plan` (pure, kube-proxy semantics)
 //! -> `entries` (pure: desired map entries, diff) -> `dataplane` (aya: load, attach, pin, apply).
+//! Beside them, `host` follows the node's network namespace (devices, NodePort addresses) and
+//! `links` says which interface gets which program.
 
 pub mod cli_plan;
 pub mod dataplane;
 pub mod entries;
+pub mod host;
 pub mod http;
 pub mod inspect;
 pub mod kube_source;

@@ -1,13 +1,12 @@
-//! Which interfaces get which program, and a watch for interfaces that come and go.
+//! Which interfaces get which program: node devices (the set `host` chose) get the node-device
+//! tc program and, as `--lb-acceleration` says, XDP in front of it; pod interfaces (by glob) the
+//! pod hook.
 
-use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
-use tokio::sync::mpsc;
+use std::collections::BTreeSet;
+
 use tracing::warn;
 
 use crate::dataplane::HookKind;
-
-/// `RTMGRP_LINK`: the rtnetlink multicast group of link changes.
-const RTMGRP_LINK: u32 = 1;
 
 /// XDP on node devices (`--lb-acceleration`, Cilium's spelling): the accelerator in front of
 /// the tc program every node device gets.
@@ -25,10 +24,12 @@ pub enum Acceleration {
     Native,
 }
 
-/// Interface selection: node devices by name, pod interfaces by glob.
+/// Interface selection: node devices by name (the set `host::Tracker` chose, from `--devices`
+/// or detected), pod interfaces by glob.
 #[derive(Clone, Debug)]
 pub struct Selector {
-    pub devices: Vec<String>,
+    /// The node devices now.
+    pub devices: BTreeSet<String>,
     pub acceleration: Acceleration,
     pub pod_patterns: Vec<glob::Pattern>,
     pub pod_hook: HookKind,
@@ -37,7 +38,7 @@ pub struct Selector {
 impl Selector {
     /// Whether `ifname` is a node device.
     pub fn is_device(&self, ifname: &str) -> bool {
-        self.devices.iter().any(|d| d == ifname)
+        self.devices.contains(ifname)
     }
 
     /// The hooks `ifname` gets, tc before XDP (the accelerator leaves packets to tc, which
@@ -81,36 +82,13 @@ impl Selector {
     }
 }
 
-/// Sends a message on `tx` whenever a link is added, removed or changed in this network
-/// namespace (and once when the socket overflowed, so nothing is missed).
-pub fn watch_links(tx: mpsc::Sender<()>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut sock = TokioSocket::new(NETLINK_ROUTE)?;
-    sock.socket_mut().bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            match sock.recv_from_full().await {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    warn!("link watch overflowed; rescanning interfaces");
-                }
-                Err(e) => {
-                    warn!(error = %e, "link watch failed; interfaces are no longer followed");
-                    return;
-                }
-            }
-            // A full channel already holds a pending rescan.
-            let _ = tx.try_send(());
-        }
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn selector(acceleration: Acceleration) -> Selector {
         Selector {
-            devices: vec!["eth0".into()],
+            devices: BTreeSet::from(["eth0".into()]),
             acceleration,
             pod_patterns: vec![
                 glob::Pattern::new("lxc*").unwrap(),

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_agent::{
     dataplane::{self, HookKind, MapSizes},
+    host::{DeviceFilter, HostConfig, NodePortAddresses},
     links::{Acceleration, Selector},
     run::{RunConfig, SourceConfig},
 };
@@ -57,10 +58,21 @@ enum Cmd {
         /// This node's name (as its Node object).
         #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
         node: String,
-        /// Node devices (NICs, the node's uplink veth, ...), comma-separated: each gets the
-        /// tc program, and XDP as --lb-acceleration says.
-        #[arg(long, value_delimiter = ',')]
-        devices: Vec<String>,
+        /// Node devices (NICs, overlays) that get the node-device programs (tc, and XDP as
+        /// --lb-acceleration says): names and globs, comma-separated, e.g. 'eth0,bond*'.
+        /// Without it, detected: devices with a default route, the Node object's addresses or a
+        /// global route of their own (veths only with the first two), and overlays (vxlan,
+        /// geneve, wireguard ...); never loopback, pod interfaces, bridges or bridge and bond
+        /// ports. Followed as links, addresses and routes change.
+        #[arg(long, value_delimiter = ',', value_parser = glob_pattern)]
+        devices: Vec<glob::Pattern>,
+        /// Where NodePorts answer, kube-proxy's --nodeport-addresses: CIDRs of either family,
+        /// comma-separated (every address of this node inside one; a family without CIDRs:
+        /// all of its addresses), or 'primary' (the Node object's first InternalIP per family).
+        /// Default: every address of every node device. Loopback addresses never. Followed as
+        /// addresses change.
+        #[arg(long, default_value = "", hide_default_value = true)]
+        nodeport_addresses: NodePortAddresses,
         /// Globs of pod interface names (host side), comma-separated, e.g. 'lxc*,cali*'.
         #[arg(long, value_delimiter = ',', value_parser = glob_pattern)]
         pod_interfaces: Vec<glob::Pattern>,
@@ -174,6 +186,7 @@ fn real_main() -> Result<()> {
             metrics_bind_address,
             node,
             devices,
+            nodeport_addresses,
             pod_interfaces,
             pod_hook,
             lb_acceleration,
@@ -193,8 +206,13 @@ fn real_main() -> Result<()> {
                 metrics_bind_address: metrics_bind_address.0,
                 node,
                 bpffs,
+                host: HostConfig {
+                    devices: DeviceFilter { patterns: devices },
+                    pod_patterns: pod_interfaces.clone(),
+                    nodeport_addresses,
+                },
                 selector: Selector {
-                    devices,
+                    devices: Default::default(),
                     acceleration: lb_acceleration,
                     pod_patterns: pod_interfaces,
                     pod_hook: match pod_hook {

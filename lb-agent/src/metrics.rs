@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_common::{maps::FrontendKey, verdict::Reason};
+use lb_common::{
+    maps::{FrontendKey, DEFAULT_MAX_DEVICES, DEFAULT_MAX_NODE_ADDRS, MAP_DEVICES, MAP_NODE_ADDRS},
+    verdict::Reason,
+};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{
@@ -28,20 +31,13 @@ use crate::{dataplane::MapSizes, plan::Frontend};
 
 /// The map key and the metric labels of a plan frontend (IPv4 only, as the dataplane).
 fn frontend_labels(fe: &Frontend) -> Option<(FrontendKey, FrontendLabels)> {
-    let std::net::IpAddr::V4(ip) = fe.ip else {
-        return None;
-    };
-    let key = FrontendKey {
-        addr_be: crate::entries::raw_v4(ip),
-        port_be: crate::entries::raw_port(fe.port),
-        proto: crate::entries::proto_number(fe.protocol),
-        scope: 0,
-    };
+    let key = crate::entries::frontend_key(fe).ok()?;
     let labels = FrontendLabels {
         service: fe.service.clone(),
         port_name: fe.port_name.clone(),
         frontend: format!("{}:{}", fe.ip, fe.port),
         protocol: format!("{:?}", fe.protocol).to_uppercase(),
+        scope: format!("{:?}", fe.scope).to_lowercase(),
     };
     Some((key, labels))
 }
@@ -52,9 +48,12 @@ pub struct FrontendLabels {
     /// "namespace/name".
     pub service: String,
     pub port_name: String,
-    /// "ip:port".
+    /// "ip:port"; a NodePort's is "0.0.0.0:port": every NodePort address of this node.
     pub frontend: String,
     pub protocol: String,
+    /// "any", or "pods" for the pods' side of an externalTrafficPolicy Local Service's external
+    /// address (its own counters).
+    pub scope: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +107,8 @@ pub struct Telemetry {
     watch_errors: Family<ResourceLabel, Counter>,
     labels: Mutex<BTreeMap<FrontendKey, FrontendLabels>>,
     occupancy: Mutex<[u64; 3]>,
+    /// Entries the agent wrote to `LB_NODE_ADDRS` and `LB_DEVICES`.
+    host_entries: Mutex<[u64; 2]>,
     health: Mutex<Health>,
     sizes: MapSizes,
     bpffs: PathBuf,
@@ -203,6 +204,7 @@ impl Telemetry {
             watch_errors,
             labels: Mutex::default(),
             occupancy: Mutex::new([0; 3]),
+            host_entries: Mutex::new([0; 2]),
             health: Mutex::new(Health {
                 last_updated: None,
                 oldest_pending: Some(Instant::now()),
@@ -264,6 +266,12 @@ impl Telemetry {
         for (k, l) in added.iter().filter_map(frontend_labels) {
             labels.insert(k, l);
         }
+    }
+
+    /// The agent wrote `node_addrs` NodePort addresses and `devices` devices.
+    pub fn set_host_entries(&self, node_addrs: usize, devices: usize) {
+        *self.host_entries.lock().unwrap_or_else(|e| e.into_inner()) =
+            [node_addrs as u64, devices as u64];
     }
 
     pub fn sync_failed(&self) {
@@ -332,6 +340,17 @@ impl Telemetry {
             entries.get_or_create(&l).set(occupancy[i] as i64);
             capacity.get_or_create(&l).set(caps[i] as i64);
         }
+        let host = *self.host_entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, n, cap) in [
+            (MAP_NODE_ADDRS, host[0], DEFAULT_MAX_NODE_ADDRS),
+            (MAP_DEVICES, host[1], DEFAULT_MAX_DEVICES),
+        ] {
+            let l = MapLabel {
+                map: name.to_owned(),
+            };
+            entries.get_or_create(&l).set(n as i64);
+            capacity.get_or_create(&l).set(i64::from(cap));
+        }
         capacity
             .get_or_create(&MapLabel {
                 map: "LB_CT".to_owned(),
@@ -339,7 +358,7 @@ impl Telemetry {
             .set(self.sizes.conntrack as i64);
         reg.register(
             "map_entries",
-            "Entries the agent wrote to each service map",
+            "Entries the agent wrote to each map it programs (service maps, NodePort addresses, devices)",
             entries,
         );
         reg.register("map_capacity", "Capacity of each map", capacity);

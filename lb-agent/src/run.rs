@@ -18,9 +18,10 @@ use tracing::{error, info, warn};
 use crate::{
     dataplane::{Dataplane, HookKind, MapSizes},
     entries::{self, Capacity, Desired, Entries, Ids},
+    host::{self, HostConfig, Tracker},
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
-    links::{watch_links, Acceleration, Selector},
+    links::{Acceleration, Selector},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -41,7 +42,10 @@ pub struct RunConfig {
     pub source: SourceConfig,
     pub node: String,
     pub bpffs: PathBuf,
-    /// Which interfaces get which programs (node devices, acceleration, pod interfaces).
+    /// Which interfaces are node devices and which addresses NodePort addresses.
+    pub host: HostConfig,
+    /// Which interfaces get which programs (node devices: their `devices` follow `host`;
+    /// acceleration; pod interfaces).
     pub selector: Selector,
     pub sizes: MapSizes,
     /// Syncs are at least this far apart (kube-proxy's --min-sync-period); changes in between
@@ -95,6 +99,8 @@ struct Agent {
     /// Node devices (name, ifindex) that refused native XDP under best-effort acceleration:
     /// not tried again while the interface lives.
     xdp_declined: BTreeSet<(String, u32)>,
+    /// The node devices and NodePort addresses, followed through netlink.
+    host: Tracker,
 }
 
 /// The plan kept between syncs, so a change replans only the Services it touches: the whole
@@ -246,6 +252,14 @@ impl Agent {
         self.telemetry
             .set_node_eligible(node_eligible(&snapshot, &self.cfg.node));
         self.apply(reason, started, trigger_times, Maps::Full).await;
+        // Device detection and `--nodeport-addresses primary` read the Node's addresses.
+        if self
+            .host
+            .set_node(plan::node_addresses(&snapshot, &self.cfg.node))
+        {
+            // Logged where it happened; fatal only at start.
+            let _ = self.refresh_host();
+        }
     }
 
     /// Replans only the Services `dirty` touches (API source) and applies the difference.
@@ -379,12 +393,33 @@ impl Agent {
         }
         self.telemetry.full_resync(drifted);
         self.sync("periodic resync", &[]).await;
+        // Also repairs the NodePort addresses and devices, should a netlink event be lost.
+        let _ = self.refresh_host();
+    }
+
+    /// Rereads the namespace's links, addresses and routes: the node devices and NodePort
+    /// addresses they give reach the maps and the links. Until the Node has been read, nothing
+    /// is removed (a restarted agent keeps serving what the previous one chose). Fails as
+    /// [`Agent::reconcile_links`] does.
+    fn refresh_host(&mut self) -> Result<()> {
+        let host = self.host.refresh();
+        self.cfg.selector.devices = host.device_names();
+        let remove = self.host.node_known();
+        match self.dp.write_host(self.host.host(), remove) {
+            Ok((addrs, devices)) => self.telemetry.set_host_entries(addrs, devices),
+            Err(e) => error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "writing the NodePort addresses and devices failed"
+            ),
+        }
+        self.reconcile_links()
     }
 
     /// Attaches to every wanted interface not yet attached, then unpins links of vanished
     /// interfaces and of hooks no longer wanted (in that order: no gap without a program).
-    /// XDP that a device refuses under best-effort acceleration is skipped (logged once per
-    /// interface); under native acceleration it is an error, returned (fatal at start).
+    /// Until the Node has been read, nothing is unpinned. XDP that a device refuses under
+    /// best-effort acceleration is skipped (logged once per interface); under native
+    /// acceleration it is an error, returned (fatal at start).
     fn reconcile_links(&mut self) -> Result<()> {
         let mut wanted = self.cfg.selector.wanted();
         let mut refused = Vec::new();
@@ -421,7 +456,9 @@ impl Agent {
                     .xdp_declined
                     .contains(&(n.clone(), crate::dataplane::ifindex(n).unwrap_or(0)))
         });
-        self.dp.prune_links(&wanted.into_iter().collect());
+        if self.host.node_known() {
+            self.dp.prune_links(&wanted.into_iter().collect());
+        }
         if !refused.is_empty() {
             anyhow::bail!(
                 "native XDP could not be attached to {} (--lb-acceleration native); \
@@ -469,11 +506,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     };
     let mut ids = Ids::adopt(cap, &current);
     ids.nodeport_source_ranges = cfg.nodeport_source_ranges;
-    for d in &cfg.selector.devices {
-        if crate::dataplane::ifindex(d).is_none() {
+    for p in &cfg.host.devices.patterns {
+        let found = nix::net::if_::if_nameindex()
+            .is_ok_and(|l| l.iter().any(|i| p.matches(&i.name().to_string_lossy())));
+        if !found {
             warn!(
-                device = d,
-                "device not found; it will be attached when it appears"
+                device = p.as_str(),
+                "no such device yet; it will be attached when it appears"
             );
         }
     }
@@ -498,6 +537,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         Source::Api(api) => Some(api.clone()),
         Source::Manifests(_) => None,
     };
+    let cfg_host = cfg.host.clone();
     let mut agent = Agent {
         health_checks: HealthCheckServers::new(telemetry.clone()),
         cfg,
@@ -512,6 +552,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         warned_skipped: BTreeSet::new(),
         cache: PlanCache::default(),
         xdp_declined: BTreeSet::new(),
+        host: Tracker::new(cfg_host),
     };
     // Maps first, then programs: a program never runs against maps older than the files.
     // From the API, nothing is programmed before the caches are full (below); until then the
@@ -521,8 +562,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     }
 
     let (link_tx, mut link_rx) = mpsc::channel(1);
-    let _link_task = watch_links(link_tx).context("watching links (netlink)")?;
-    agent.reconcile_links()?;
+    let _link_task = host::watch(link_tx).context("watching links and addresses (netlink)")?;
+    agent.refresh_host()?;
 
     let (file_tx, mut file_rx) = mpsc::channel(1);
     let _watcher = match &agent.cfg.source {
@@ -584,7 +625,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             }
             Some(()) = link_rx.recv() => {
                 // Logged where it happened; a device added later does not stop the agent.
-                let _ = agent.reconcile_links();
+                let _ = agent.refresh_host();
             }
             _ = resync.tick(), if ready => agent.resync().await,
         }

@@ -43,3 +43,26 @@ fn bad_pod_interface_glob_is_a_usage_error_naming_the_flag() {
     let output = run_without_node(&["--pod-interfaces", "lxc*,[a"]);
     assert_bad_value(&output, "--pod-interfaces");
 }
+
+/// Test that a device glob that does not parse is a usage error naming the flag.
+#[test]
+fn bad_device_glob_is_a_usage_error_naming_the_flag() {
+    let output = run_without_node(&["--devices", "eth0,eth[1"]);
+    assert_bad_value(&output, "--devices");
+}
+
+/// Test that NodePort addresses that are neither CIDRs nor `primary` alone are usage errors
+/// naming the flag, as kube-proxy's validation refuses them.
+#[test]
+fn bad_nodeport_addresses_are_a_usage_error_naming_the_flag() {
+    for value in [
+        "10.0.0.1",
+        "10.0.0.0/33",
+        "eth0",
+        "primary,10.0.0.0/8",
+        "10.0.0.0/8,",
+    ] {
+        let output = run_without_node(&["--nodeport-addresses", value]);
+        assert_bad_value(&output, "--nodeport-addresses");
+    }
+}

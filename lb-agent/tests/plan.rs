@@ -160,11 +160,12 @@ plan_cases! {
     single_stack_service_ignores_slices_of_the_other_family =>
         "single-stack-service-ignores-slices-of-the-other-family";
 
-    /// Test that a NodePort gets one frontend per InternalIP of this node, none for its
-    /// ExternalIP or other nodes (upstream: nftables/proxier.go nodeport rules; our interface
-    /// programs the node's InternalIPs).
-    node_port_frontends_are_this_nodes_internal_ips =>
-        "node-port-frontends-are-this-nodes-internal-ips";
+    /// Test that a NodePort gets one frontend per family, on the unspecified address: every
+    /// NodePort address of this node, whatever its Node object's InternalIPs (upstream:
+    /// nftables/proxier.go `nodeport-ips` set and `service-nodeports` map; which addresses
+    /// are NodePort addresses is the agent's `--nodeport-addresses`).
+    node_port_gets_one_frontend_per_family_for_every_node_port_address =>
+        "node-port-gets-one-frontend-per-family-for-every-node-port-address";
 
     /// Test that a LoadBalancer Service gets its NodePort and one frontend per VIP-mode ingress
     /// IP, ipMode unset meaning VIP (upstream: serviceport.go newBaseServiceInfo,
@@ -283,6 +284,14 @@ plan_cases! {
     external_traffic_policy_local_falls_back_to_local_serving_terminating_endpoints =>
         "external-traffic-policy-local-falls-back-to-local-serving-terminating-endpoints";
 
+    /// Test that traffic from this node's pods to the external addresses (NodePort,
+    /// externalIP, load-balancer IP) of an externalTrafficPolicy Local Service gets frontends
+    /// of its own (scope "pods") with every endpoint of the cluster, whatever the internal
+    /// policy, while other traffic keeps the Local set (upstream: iptables/proxier.go
+    /// KUBE-EXT-* "pod traffic for external destinations" -> the cluster policy chain).
+    pod_traffic_to_external_addresses_of_a_local_policy_service_goes_to_every_endpoint =>
+        "pod-traffic-to-external-addresses-of-a-local-policy-service-goes-to-every-endpoint";
+
     /// Test that a Service with no usable endpoint anywhere rejects on every frontend, also
     /// under Local policies (upstream: nftables/proxier.go, !hasEndpoints wins over Local).
     service_without_usable_endpoints_rejects_even_under_local_policies =>
@@ -361,8 +370,9 @@ plan_cases! {
     invalid_objects_are_reported_and_the_rest_is_planned =>
         "invalid-objects-are-reported-and-the-rest-is-planned";
 
-    /// Test that planning for a node missing from the manifests is reported and gives no
-    /// NodePort frontends (nothing is local).
-    node_missing_from_manifests_leaves_no_node_port_frontends =>
-        "node-missing-from-manifests-leaves-no-node-port-frontends";
+    /// Test that planning for a node missing from the manifests is reported and still gives
+    /// NodePort frontends (they do not depend on the Node object, as in kube-proxy's default
+    /// mode; nothing is local).
+    node_missing_from_manifests_still_gets_node_port_frontends =>
+        "node-missing-from-manifests-still-gets-node-port-frontends";
 }

@@ -101,6 +101,7 @@ fn frontend(i: usize) -> Frontend {
             .collect(),
         on_empty: None,
         affinity_timeout_seconds: None,
+        scope: Default::default(),
         source_ranges: Vec::new(),
         local_backends: Vec::new(),
     }

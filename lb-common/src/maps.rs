@@ -24,9 +24,15 @@ pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
 /// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How rewritten
 /// packets left the program that rewrote them (XDP_TX, left to tc, redirected, to the stack).
 pub const MAP_PATHS: &str = "LB_PATHS";
+/// `LB_NODE_ADDRS`: hash, [`NodeAddrKey`] -> [`NodeAddr`]. This node's NodePort addresses:
+/// where the wildcard NodePort frontends ([`NODEPORT_ANY_ADDR`]) answer.
+pub const MAP_NODE_ADDRS: &str = "LB_NODE_ADDRS";
+/// `LB_DEVICES`: hash, ifindex (u32) -> [`Device`]. The node devices the agent chose, and why.
+/// No program reads it: it is there for `lb-agent inspect`, which reads the pins alone.
+pub const MAP_DEVICES: &str = "LB_DEVICES";
 
 /// Every map, in the order the agent pins and removes them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_FRONTENDS,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -36,6 +42,8 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_AFFINITY,
     MAP_PATHS,
     MAP_SRC_RANGES,
+    MAP_NODE_ADDRS,
+    MAP_DEVICES,
 ];
 
 /// Default capacity of `LB_FRONTENDS`; also bounds frontend ids (`LB_FE_STATS` has one more entry).
@@ -50,6 +58,10 @@ pub const DEFAULT_MAX_CT: u32 = 1 << 20;
 pub const DEFAULT_MAX_SRC_RANGES: u32 = 16_384;
 /// Default capacity of `LB_AFFINITY`.
 pub const DEFAULT_MAX_AFFINITY: u32 = 1 << 18;
+/// Capacity of `LB_NODE_ADDRS` (IPv4 NodePort addresses of this node).
+pub const DEFAULT_MAX_NODE_ADDRS: u32 = 4_096;
+/// Capacity of `LB_DEVICES`.
+pub const DEFAULT_MAX_DEVICES: u32 = 1_024;
 
 /// IP protocol numbers as they appear in [`FrontendKey::proto`] and [`CtKey::proto`].
 pub const PROTO_TCP: u8 = 6;
@@ -69,9 +81,23 @@ pub struct FrontendKey {
     pub port_be: u16,
     /// IP protocol ([`PROTO_TCP`], [`PROTO_UDP`]).
     pub proto: u8,
-    /// Reserved for scoped lookups (external vs internal traffic); always 0 now.
+    /// Which traffic the entry serves: [`SCOPE_ANY`] or [`SCOPE_PODS`].
     pub scope: u8,
 }
+
+/// [`FrontendKey::addr_be`] of a NodePort frontend: it answers on every address in
+/// `LB_NODE_ADDRS` (this node's NodePort addresses), looked up when no frontend has the
+/// packet's own destination address. (A packet addressed to 0.0.0.0 matches no frontend.)
+pub const NODEPORT_ANY_ADDR: u32 = 0;
+
+/// [`FrontendKey::scope`]: the frontend serves any traffic.
+pub const SCOPE_ANY: u8 = 0;
+/// [`FrontendKey::scope`]: the frontend serves traffic from this node's pods (seen by the pod
+/// interfaces' programs) in place of the [`SCOPE_ANY`] entry with the same address, port and
+/// protocol, which then carries [`FE_F_POD_SCOPE`]. kube-proxy's short-circuit: traffic from
+/// pods to an external address of an `externalTrafficPolicy: Local` Service goes to every
+/// endpoint in the cluster, not only this node's.
+pub const SCOPE_PODS: u8 = 1;
 
 /// [`Frontend::flags`]: when the frontend has no backends, reject (an ICMP port unreachable back
 /// to the client, for TCP and UDP alike) rather than drop. Where the hook cannot send it (XDP on
@@ -81,6 +107,56 @@ pub const FE_F_REJECT_EMPTY: u32 = 1;
 /// [`Frontend::flags`]: only sources in the frontend's `LB_SRC_RANGES` entries may reach it
 /// (loadBalancerSourceRanges); others are dropped.
 pub const FE_F_SOURCE_RANGES: u32 = 2;
+
+/// [`Frontend::flags`] of a [`SCOPE_ANY`] entry: an entry with the same address, port and
+/// protocol and scope [`SCOPE_PODS`] exists, and the pod interfaces' programs use that one. (A
+/// flag, so that the pods' packets to other destinations cost no second lookup.)
+pub const FE_F_POD_SCOPE: u32 = 4;
+
+/// An `LB_NODE_ADDRS` key: one of this node's NodePort addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NodeAddrKey {
+    /// IPv4 address, network order.
+    pub addr_be: u32,
+}
+
+/// What the agent knows of a NodePort address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NodeAddr {
+    /// The interface holding the address (for people: the programs do not read it).
+    pub ifindex: u32,
+}
+
+/// [`Device::reasons`]: named by `--devices`.
+pub const DEV_R_FLAG: u32 = 1;
+/// [`Device::reasons`]: a default route leaves through it.
+pub const DEV_R_DEFAULT_ROUTE: u32 = 2;
+/// [`Device::reasons`]: it holds one of the Node object's addresses.
+pub const DEV_R_NODE_ADDR: u32 = 4;
+/// [`Device::reasons`]: an overlay device (vxlan, geneve, wireguard, ipip ...).
+pub const DEV_R_OVERLAY: u32 = 8;
+/// [`Device::reasons`]: not a veth, with a global unicast address and a unicast route of its
+/// own (a second NIC, a VLAN, a bond).
+pub const DEV_R_GLOBAL_ROUTE: u32 = 16;
+
+/// A node device the agent chose, as `lb-agent inspect` shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Device {
+    /// Interface name, NUL-padded.
+    pub name: [u8; 16],
+    /// rtnetlink link kind (`veth`, `vxlan` ...), NUL-padded; empty for a physical NIC.
+    pub kind: [u8; 16],
+    /// `DEV_R_*` bits: why it was chosen.
+    pub reasons: u32,
+    /// Zero.
+    pub _pad: u32,
+}
 
 /// The data of an `LB_SRC_RANGES` key: a frontend and a source prefix. The LPM prefix length
 /// is 32 (the whole frontend id) plus the source prefix's length.
@@ -317,6 +393,9 @@ assert_size!(
     Affinity => 16,
     Counter => 16,
     FrontendStats => 24,
+    NodeAddrKey => 4,
+    NodeAddr => 4,
+    Device => 40,
 );
 
 #[cfg(feature = "user")]
@@ -336,4 +415,7 @@ mod pod {
     unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FrontendStats {}
+    unsafe impl aya::Pod for NodeAddrKey {}
+    unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for Device {}
 }

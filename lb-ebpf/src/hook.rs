@@ -64,6 +64,9 @@ pub trait Hook {
     }
     /// Whether [`Hook::reject`] can send a reply from this hook.
     const CAN_REJECT: bool = true;
+    /// The hook sees traffic from this node's pods (it is on pod interfaces): frontends with
+    /// a pod-scoped variant (`FE_F_POD_SCOPE`) serve it with that one.
+    const FROM_PODS: bool = false;
     /// Turns the packet into an ICMP port unreachable to its sender and returns the verdict
     /// that sends it back.
     fn reject(&self, h: &Headers) -> Option<Self::Verdict>;

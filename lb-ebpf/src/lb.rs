@@ -1,6 +1,7 @@
 //! The load balancer, written once over any [`Hook`]: `run` drives a packet through parse,
-//! decision, action and count; `decide` is the decision itself (source ranges, frontend lookup,
-//! conntrack, affinity, backend choice, SNAT and hairpin, which address and port to rewrite).
+//! decision, action and count; `decide` is the decision itself (source ranges, frontend lookup
+//! in `lookup_frontend`, conntrack, affinity, backend choice, SNAT and hairpin, which address and
+//! port to rewrite).
 //! It sees the hooks only through the trait, never a program type.
 //!
 //! The decision asks the hook where the rewritten packet would go ([`Hook::route`]) before it
@@ -12,9 +13,10 @@ use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     hash::{flow_hash, slot_of},
     maps::{
-        Affinity, AffinityKey, Backend, Frontend, FrontendKey, SlotKey, SrcRange, BE_F_LOCAL,
-        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_REJECT_EMPTY,
-        FE_F_SOURCE_RANGES, HAIRPIN_ADDR, PROTO_TCP,
+        Affinity, AffinityKey, Backend, Frontend, FrontendKey, NodeAddrKey, SlotKey, SrcRange,
+        BE_F_LOCAL, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_POD_SCOPE,
+        FE_F_REJECT_EMPTY, FE_F_SOURCE_RANGES, HAIRPIN_ADDR, NODEPORT_ANY_ADDR, PROTO_TCP,
+        SCOPE_ANY, SCOPE_PODS,
     },
     verdict::Reason,
 };
@@ -22,7 +24,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, Created, NewFlow},
     hook::{Action, Hook, Nat},
-    maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_SLOTS, LB_SRC_RANGES},
+    maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_NODE_ADDRS, LB_SLOTS, LB_SRC_RANGES},
     parse::{parse, Headers, Parsed, TCP_ACK, TCP_SYN},
     stats::{count_frontend, count_path, count_verdict},
 };
@@ -86,23 +88,47 @@ macro_rules! route_or_leave {
 /// Decides what happens to an IPv4 TCP/UDP packet of `len` bytes arriving on `hook`.
 #[inline(always)]
 pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> Action<H::Route> {
-    if let Some(fe) = frontend_of(h) {
+    if let Some(fe) = lookup_frontend::<H>(h) {
         return to_frontend(hook, h, len, &fe);
     }
     reply(hook, h)
 }
 
-/// The frontend packet `h` is addressed to, if any.
+/// The frontend a packet is addressed to: the entry of its destination address, port and
+/// protocol; failing that, when the destination is one of this node's NodePort addresses
+/// (`LB_NODE_ADDRS`), the wildcard NodePort entry of its port and protocol. Either way, on a
+/// hook that sees this node's pods, an entry flagged `FE_F_POD_SCOPE` yields to its
+/// `SCOPE_PODS` variant (kube-proxy's externalTrafficPolicy Local short-circuit).
 #[inline(always)]
-fn frontend_of(h: &Headers) -> Option<Frontend> {
-    let fkey = FrontendKey {
+fn lookup_frontend<H: Hook>(h: &Headers) -> Option<Frontend> {
+    // 0.0.0.0 would find the wildcard entries by their own key.
+    if h.daddr == NODEPORT_ANY_ADDR {
+        return None;
+    }
+    let mut key = FrontendKey {
         addr_be: h.daddr,
         port_be: h.dport,
         proto: h.proto,
-        scope: 0,
+        scope: SCOPE_ANY,
     };
-    // SAFETY: the value is copied out at once; the agent replaces entries whole.
-    unsafe { LB_FRONTENDS.get(fkey) }.copied()
+    // SAFETY (all three gets): values are copied out at once; the agent replaces entries whole.
+    let fe = match unsafe { LB_FRONTENDS.get(key) } {
+        Some(fe) => *fe,
+        None => {
+            let node_addr = NodeAddrKey { addr_be: h.daddr };
+            // SAFETY: only tested for presence.
+            unsafe { LB_NODE_ADDRS.get(node_addr) }?;
+            key.addr_be = NODEPORT_ANY_ADDR;
+            *unsafe { LB_FRONTENDS.get(key) }?
+        }
+    };
+    if H::FROM_PODS && fe.flags & FE_F_POD_SCOPE != 0 {
+        key.scope = SCOPE_PODS;
+        if let Some(pods) = unsafe { LB_FRONTENDS.get(key) } {
+            return Some(*pods);
+        }
+    }
+    Some(fe)
 }
 
 /// A packet to no frontend: the reply of a tracked flow is reverse-NATed, anything else passes.

@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, Frontend, FrontendKey,
-        FrontendStats, Slot, SlotKey, SrcRange, DEFAULT_MAX_AFFINITY, DEFAULT_MAX_BACKENDS,
-        DEFAULT_MAX_CT, DEFAULT_MAX_FRONTENDS, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SRC_RANGES,
+        Affinity, AffinityKey, Backend, Counter, CtEntry, CtKey, Device, Frontend, FrontendKey,
+        FrontendStats, NodeAddr, NodeAddrKey, Slot, SlotKey, SrcRange, DEFAULT_MAX_AFFINITY,
+        DEFAULT_MAX_BACKENDS, DEFAULT_MAX_CT, DEFAULT_MAX_DEVICES, DEFAULT_MAX_FRONTENDS,
+        DEFAULT_MAX_NODE_ADDRS, DEFAULT_MAX_SLOTS, DEFAULT_MAX_SRC_RANGES,
     },
     verdict::{PATH_COUNT, REASON_COUNT},
 };
@@ -54,3 +55,14 @@ pub static LB_PATHS: PerCpuArray<Counter, { PATH_COUNT as usize }> = PerCpuArray
 #[btf_map]
 pub static LB_SRC_RANGES: LpmTrie<SrcRange, u32, { DEFAULT_MAX_SRC_RANGES as usize }> =
     LpmTrie::new();
+
+/// This node's NodePort addresses: address -> the interface holding it. A packet to one of them
+/// that no frontend has by its own address looks up the wildcard NodePort frontends.
+#[btf_map]
+pub static LB_NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr, { DEFAULT_MAX_NODE_ADDRS as usize }> =
+    HashMap::new();
+
+/// The node devices the agent chose and why: ifindex -> name, kind, reasons. Read by
+/// `lb-agent inspect` only; no program looks at it.
+#[btf_map]
+pub static LB_DEVICES: HashMap<u32, Device, { DEFAULT_MAX_DEVICES as usize }> = HashMap::new();

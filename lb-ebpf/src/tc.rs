@@ -122,6 +122,7 @@ impl<const AT: u8> Hook for Tc<'_, AT> {
     const PASS: i32 = TC_ACT_UNSPEC;
     const DROP: i32 = TC_ACT_SHOT as _;
     const NODE_DEVICE: bool = AT == at::NIC;
+    const FROM_PODS: bool = AT == at::POD;
 
     #[inline(always)]
     fn start(&self) -> usize {

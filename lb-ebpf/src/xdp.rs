@@ -59,6 +59,7 @@ impl<const AT: u8> Hook for Xdp<'_, AT> {
     /// XDP_TX on the host side of a veth goes nowhere unless the pod's side runs NAPI (XDP or
     /// GRO there), which a pod's interface does not by default: pod hooks drop instead.
     const CAN_REJECT: bool = !Self::POD;
+    const FROM_PODS: bool = Self::POD;
 
     #[inline(always)]
     fn start(&self) -> usize {

@@ -64,3 +64,37 @@ pub fn path(inspect: &Value, path: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no path {path} in {inspect:#}"))
 }
+
+/// The node devices of an `inspect --json` output: `(ifname, reasons)`, by ifindex.
+pub fn devices(inspect: &Value) -> Vec<(String, Vec<String>)> {
+    inspect["devices"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    let reasons = d["reasons"]
+                        .as_array()
+                        .map(|r| {
+                            r.iter()
+                                .filter_map(|r| r.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (d["ifname"].as_str().unwrap_or("?").to_owned(), reasons)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The NodePort addresses of an `inspect --json` output, sorted as the map holds them.
+pub fn nodeport_addresses(inspect: &Value) -> Vec<String> {
+    inspect["nodeport_addresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| a["addr"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -323,7 +323,9 @@ fn healthz_livez_and_metrics_answer() {
         "xdplb_map_capacity{map=\"LB_FRONTENDS\"}",
         "xdplb_map_entries{map=\"LB_FRONTENDS\"} 1",
         "xdplb_verdict_packets_total{reason=\"dnat_new_flow\"}",
-        "xdplb_service_new_flows_total{service=\"default/echo\",port_name=\"http\",frontend=\"10.96.0.10:80\",protocol=\"TCP\"} 30",
+        "xdplb_map_capacity{map=\"LB_NODE_ADDRS\"}",
+        "xdplb_map_entries{map=\"LB_DEVICES\"} 0",
+        "xdplb_service_new_flows_total{service=\"default/echo\",port_name=\"http\",frontend=\"10.96.0.10:80\",protocol=\"TCP\",scope=\"any\"} 30",
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }

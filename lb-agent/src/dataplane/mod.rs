@@ -10,11 +10,13 @@
 //! the kernel has the features the programs need, before anything is loaded; `object` holds
 //! the embedded eBPF object and checks maps pinned by an earlier build against it; `writer`
 //! applies map writes; `reader` reads the maps back (the agent's and, for `inspect`, pinned ones);
-//! `attach` attaches programs through pinned links and removes pins (`cleanup`); `sys` wraps the
-//! bpf(2) commands aya does not offer; `error` holds [`DataplaneError`].
+//! `attach` attaches programs through pinned links and removes pins (`cleanup`); `host` writes and
+//! reads the maps about the node (NodePort addresses, devices); `sys` wraps the bpf(2) commands
+//! aya does not offer; `error` holds [`DataplaneError`].
 
 mod attach;
 mod error;
+mod host;
 mod object;
 pub mod probe;
 mod reader;
@@ -39,6 +41,7 @@ use tracing::info;
 pub use attach::{cleanup, ifindex, is_veth, pinned_links, LinkPin};
 use error::{prog_err, Result};
 pub use error::{DataplaneError, MapLayout};
+pub use host::unpadded;
 pub use reader::{read_entries, Pinned};
 
 /// `statfs` magic of a bpffs.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use lb_common::maps::FrontendKey;
+use lb_common::maps::{FrontendKey, SCOPE_ANY, SCOPE_PODS};
 
 use super::{
     diff::diff,
@@ -212,7 +212,14 @@ impl Desired {
                 continue;
             }
             let fe = &self.services[&who.service][who.index].frontend;
-            match build(fe, k, ids, &mut self.maglev, warm) {
+            // Every Service that claims a pods-scope key claims its any-scope sibling too (the
+            // plan emits them in pairs), so a change to the one rebuilds the other.
+            let pod_scope = k.scope == SCOPE_ANY
+                && self.claims.contains_key(&FrontendKey {
+                    scope: SCOPE_PODS,
+                    ..k
+                });
+            match build(fe, k, pod_scope, ids, &mut self.maglev, warm) {
                 Ok(b) => {
                     unskipped.push(who.clone());
                     self.built.insert(k, b);
@@ -321,7 +328,7 @@ mod incremental_tests {
     use super::*;
     use crate::{
         entries::{apply_in_memory, Capacity},
-        plan::{FrontendKind, OnEmpty, Protocol, SourceRange},
+        plan::{FrontendKind, OnEmpty, Protocol, Scope, SourceRange},
     };
 
     /// A small deterministic generator (64-bit LCG).
@@ -338,8 +345,26 @@ mod incremental_tests {
     }
 
     /// Random frontends for `service`, from small pools so that keys collide across Services
-    /// and backend sets repeat; some IPv6 and SCTP.
+    /// and backend sets repeat; some IPv6 and SCTP, some NodePorts on every node address, and
+    /// pods-scope twins of external frontends (as the plan emits them, in pairs).
     fn random_frontends(rng: &mut Rng, service: &str) -> Vec<plan::Frontend> {
+        let mut out = random_any_scope(rng, service);
+        let mut twins = Vec::new();
+        for fe in &out {
+            if fe.kind != FrontendKind::ClusterIP && rng.below(3) == 0 {
+                let mut twin = fe.clone();
+                twin.scope = Scope::Pods;
+                twin.backends = vec!["10.244.0.9:8080".parse().unwrap()];
+                twin.on_empty = None;
+                twins.push(twin);
+            }
+        }
+        out.extend(twins);
+        out
+    }
+
+    /// The any-scope part of [`random_frontends`].
+    fn random_any_scope(rng: &mut Rng, service: &str) -> Vec<plan::Frontend> {
         let kinds = [
             FrontendKind::ClusterIP,
             FrontendKind::NodePort,
@@ -349,6 +374,7 @@ mod incremental_tests {
             .map(|_| {
                 let ip = match rng.below(10) {
                     0 => "fd00::1".to_string(),
+                    1 => "0.0.0.0".to_string(),
                     n => format!("10.96.0.{}", n % 4 + 1),
                 };
                 let protocol = match rng.below(8) {
@@ -383,6 +409,7 @@ mod incremental_tests {
                     on_empty: backends.is_empty().then_some(OnEmpty::Reject),
                     backends,
                     affinity_timeout_seconds: (rng.below(4) == 0).then_some(10_800),
+                    scope: Scope::Any,
                     source_ranges,
                     local_backends,
                 }
@@ -537,6 +564,7 @@ mod incremental_tests {
             backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
             on_empty: backends.is_empty().then_some(OnEmpty::Reject),
             affinity_timeout_seconds: None,
+            scope: Scope::Any,
             source_ranges: Vec::new(),
             local_backends: Vec::new(),
         }

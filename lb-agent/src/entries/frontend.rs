@@ -8,8 +8,8 @@ use std::{
 };
 
 use lb_common::maps::{
-    Backend, Frontend, FrontendKey, Slot, SlotKey, BE_F_LOCAL, FE_F_REJECT_EMPTY,
-    FE_F_SOURCE_RANGES,
+    Backend, Frontend, FrontendKey, Slot, SlotKey, BE_F_LOCAL, FE_F_POD_SCOPE, FE_F_REJECT_EMPTY,
+    FE_F_SOURCE_RANGES, NODEPORT_ANY_ADDR, SCOPE_ANY, SCOPE_PODS,
 };
 
 use super::{
@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     maglev,
-    plan::{self, FrontendKind, OnEmpty, Protocol},
+    plan::{self, FrontendKind, OnEmpty, Protocol, Scope},
 };
 
 /// The entries one frontend key contributes, as built from its winning claimant.
@@ -123,8 +123,10 @@ impl MaglevCache {
     }
 }
 
-/// The map key of a plan frontend, or why the dataplane cannot serve it.
-pub(super) fn frontend_key(fe: &plan::Frontend) -> Result<FrontendKey, Skipped> {
+/// The map key of a plan frontend, or why the dataplane cannot serve it. A NodePort's
+/// unspecified address becomes [`NODEPORT_ANY_ADDR`], its scope [`SCOPE_ANY`] or
+/// [`SCOPE_PODS`].
+pub fn frontend_key(fe: &plan::Frontend) -> Result<FrontendKey, Skipped> {
     let IpAddr::V4(ip) = fe.ip else {
         return Err(Skipped::Ipv6 {
             service: fe.service.clone(),
@@ -141,18 +143,27 @@ pub(super) fn frontend_key(fe: &plan::Frontend) -> Result<FrontendKey, Skipped> 
         });
     }
     Ok(FrontendKey {
-        addr_be: raw_v4(ip),
+        addr_be: if ip.is_unspecified() {
+            NODEPORT_ANY_ADDR
+        } else {
+            raw_v4(ip)
+        },
         port_be: raw_port(fe.port),
         proto: proto_number(fe.protocol),
-        scope: 0,
+        scope: match fe.scope {
+            Scope::Any => SCOPE_ANY,
+            Scope::Pods => SCOPE_PODS,
+        },
     })
 }
 
-/// The entries of `fe` under `key`, taking ids through `ids`. On failure nothing is built;
-/// the ids taken stay assigned until the caller releases what no key uses.
+/// The entries of `fe` under `key`, taking ids through `ids`; `pod_scope`: a [`SCOPE_PODS`]
+/// entry with the same address, port and protocol is planned ([`FE_F_POD_SCOPE`]). On failure
+/// nothing is built; the ids taken stay assigned until the caller releases what no key uses.
 pub(super) fn build(
     fe: &plan::Frontend,
     key: FrontendKey,
+    pod_scope: bool,
     ids: &mut Ids,
     maglev_cache: &mut MaglevCache,
     warm: &MaglevTables,
@@ -236,6 +247,9 @@ pub(super) fn build(
         Some(OnEmpty::Reject) => FE_F_REJECT_EMPTY,
         _ => 0,
     };
+    if pod_scope {
+        flags |= FE_F_POD_SCOPE;
+    }
     let mut src_ranges = Vec::new();
     let enforce = fe.kind == FrontendKind::LoadBalancer
         || (fe.kind == FrontendKind::NodePort && ids.nodeport_source_ranges);
@@ -316,6 +330,7 @@ mod tests {
             backends: backends.clone(),
             on_empty: None,
             affinity_timeout_seconds: None,
+            scope: Scope::Any,
             source_ranges: Vec::new(),
             local_backends: Vec::new(),
         };
@@ -359,6 +374,7 @@ mod tests {
             backends: vec!["10.244.0.1:80".parse().unwrap()],
             on_empty: None,
             affinity_timeout_seconds: None,
+            scope: Scope::Any,
             source_ranges: vec![SourceRange::parse("192.168.7.0/24").unwrap()],
             local_backends: Vec::new(),
         };

@@ -37,6 +37,7 @@ use crate::plan::Protocol;
 
 pub use desired::{desired, Desired};
 pub use diff::{apply_in_memory, diff, dump};
+pub use frontend::frontend_key;
 pub use ids::{Capacity, Ids};
 
 /// The content of the service maps: what the kernel holds, or should hold.

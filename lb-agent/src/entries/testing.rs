@@ -1,7 +1,7 @@
 //! Plan builders shared by the tests of this module.
 
 use super::Capacity;
-use crate::plan::{Frontend as PlanFrontend, FrontendKind, OnEmpty, Plan, Protocol};
+use crate::plan::{Frontend as PlanFrontend, FrontendKind, OnEmpty, Plan, Protocol, Scope};
 
 /// A ClusterIP frontend of `ns/svc`.
 pub(super) fn fe(ip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> PlanFrontend {
@@ -15,6 +15,7 @@ pub(super) fn fe(ip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> 
         backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
+        scope: Scope::Any,
         source_ranges: Vec::new(),
         local_backends: Vec::new(),
     }

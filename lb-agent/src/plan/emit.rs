@@ -1,14 +1,16 @@
 //! The frontends emitted for one ServicePort: which addresses (ClusterIP, externalIPs,
-//! load-balancer IPs, NodePorts) get which endpoint set, and REJECT versus DROP when it is empty
-//! (`pkg/proxy/nftables/proxier.go` and `iptables/proxier.go` syncProxyRules).
+//! load-balancer IPs, NodePorts) get which endpoint set, the short-circuit of pod traffic to
+//! the external addresses of an externalTrafficPolicy Local Service, and REJECT versus DROP
+//! when a set is empty (`pkg/proxy/nftables/proxier.go` and `iptables/proxier.go`
+//! syncProxyRules).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::endpoints::Ep;
 use super::node::NodeInfo;
 use super::service::{Family, PortInfo, ServiceInfo};
 use super::topology::categorize;
-use super::{sort_backends, Frontend, FrontendKind, OnEmpty};
+use super::{sort_backends, Frontend, FrontendKind, OnEmpty, Scope};
 
 /// Builds the frontends of one port in one family (proxier.go syncProxyRules: which chains the
 /// service's addresses jump to, and REJECT versus DROP when there is nothing to jump to).
@@ -54,7 +56,11 @@ pub(super) fn emit_frontends(
         &cluster
     };
 
-    let frontend = |kind: FrontendKind, ip: IpAddr, number: u16, backends: &Vec<SocketAddr>| {
+    let frontend = |kind: FrontendKind,
+                    ip: IpAddr,
+                    number: u16,
+                    backends: &Vec<SocketAddr>,
+                    scope: Scope| {
         let mut backends = if has_any {
             backends.clone()
         } else {
@@ -84,6 +90,7 @@ pub(super) fn emit_frontends(
             backends,
             on_empty,
             affinity_timeout_seconds: port.affinity_timeout,
+            scope,
             source_ranges: if matches!(kind, FrontendKind::LoadBalancer | FrontendKind::NodePort) {
                 port.source_ranges.clone()
             } else {
@@ -98,30 +105,33 @@ pub(super) fn emit_frontends(
         port.cluster_ip,
         port.port,
         internal,
+        Scope::Any,
     ));
+    // The external addresses (KUBE-EXT-* in iptables/proxier.go). A NodePort answers on every
+    // NodePort address of this node, which the agent tracks (`--nodeport-addresses`): the
+    // frontend's address is the unspecified address of its family.
+    let mut external_addrs: Vec<(FrontendKind, IpAddr, u16)> = Vec::new();
     for ip in &port.external_ips {
-        frontends.push(frontend(FrontendKind::ExternalIP, *ip, port.port, external));
+        external_addrs.push((FrontendKind::ExternalIP, *ip, port.port));
     }
     for ip in &port.load_balancer_vips {
-        frontends.push(frontend(
-            FrontendKind::LoadBalancer,
-            *ip,
-            port.port,
-            external,
-        ));
+        external_addrs.push((FrontendKind::LoadBalancer, *ip, port.port));
     }
     if port.node_port != 0 {
-        for ip in node
-            .internal_ips
-            .iter()
-            .filter(|ip| Family::of(ip) == family)
-        {
-            frontends.push(frontend(
-                FrontendKind::NodePort,
-                *ip,
-                port.node_port,
-                external,
-            ));
+        let any = match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        external_addrs.push((FrontendKind::NodePort, any, port.node_port));
+    }
+    for (kind, ip, number) in external_addrs {
+        frontends.push(frontend(kind, ip, number, external, Scope::Any));
+        // "Pod traffic for external destinations": under externalTrafficPolicy Local,
+        // traffic from this node's pods skips the policy and goes to the Cluster set, as if
+        // it had gone out to the load balancer and come back (KUBE-EXT-*: `<IfLocal> -j
+        // KUBE-SVC-*`).
+        if port.external_policy_local {
+            frontends.push(frontend(kind, ip, number, &cluster, Scope::Pods));
         }
     }
 }

@@ -15,7 +15,7 @@
 //! 5. Each frontend gets its set, or reject/drop when empty (`emit`:
 //!    `iptables|nftables/proxier.go`).
 //!
-//! Beside them, `node` reads this node's Node object (zone, InternalIPs) and `health` computes
+//! Beside them, `node` reads this node's Node object (zone, addresses) and `health` computes
 //! the health-check node ports (`healthcheck/service_health.go`). This file keeps the public
 //! types, the shared helpers, and [`plan`], which runs the stages in order.
 
@@ -40,6 +40,7 @@ use self::node::NodeInfo;
 use self::service::{port_info, service_info, service_skip_reason, Family};
 
 pub use self::health::{health_checks, HealthCheck};
+pub use self::node::{node_addresses, NodeAddresses};
 
 /// Everything the dataplane must serve, and nothing else. `lb-agent plan` prints it as JSON.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,11 @@ pub struct Frontend {
     /// What to do when `backends` is empty; None when it is not.
     pub on_empty: Option<OnEmpty>,
     pub affinity_timeout_seconds: Option<u32>,
+    /// Which traffic this frontend serves: any ([`Scope::Any`], left out of the JSON), or only
+    /// this node's pods' ([`Scope::Pods`]: kube-proxy's externalTrafficPolicy Local
+    /// short-circuit, which sends it to the Cluster set).
+    #[serde(default, skip_serializing_if = "Scope::is_any")]
+    pub scope: Scope,
     /// spec.loadBalancerSourceRanges of this frontend's family, on LoadBalancer and NodePort
     /// frontends (the dataplane enforces them on LoadBalancer frontends, and on NodePorts
     /// when asked). Not part of the plan's JSON interface.
@@ -108,6 +114,28 @@ impl SourceRange {
             }
         };
         Some(SourceRange { addr, prefix_len })
+    }
+}
+
+/// Which traffic a frontend serves.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Any traffic to the address (printed as nothing: the field is left out).
+    #[default]
+    Any,
+    /// Traffic from this node's pods, which kube-proxy sends to every endpoint in the cluster
+    /// when it goes to an external address (NodePort, externalIP, load-balancer IP) of a
+    /// Service with `externalTrafficPolicy: Local`.
+    Pods,
+}
+
+impl Scope {
+    /// Whether this is the default, [`Scope::Any`].
+    pub fn is_any(&self) -> bool {
+        *self == Scope::Any
     }
 }
 
@@ -157,21 +185,32 @@ pub struct PlanOutput {
 
 impl Plan {
     /// Puts frontends and their backends in the canonical order (backends by string form,
-    /// frontends by service, port, type, address), so equal plans compare and print equal.
+    /// frontends by service, port, type, address, port and scope), so equal plans compare and
+    /// print equal.
     pub fn normalize(&mut self) {
         for frontend in &mut self.frontends {
             sort_backends(&mut frontend.backends);
             sort_backends(&mut frontend.local_backends);
         }
         self.frontends.sort_by(|a, b| {
-            (&a.service, &a.port_name, a.protocol, a.kind, a.ip, a.port).cmp(&(
-                &b.service,
-                &b.port_name,
-                b.protocol,
-                b.kind,
-                b.ip,
-                b.port,
-            ))
+            (
+                &a.service,
+                &a.port_name,
+                a.protocol,
+                a.kind,
+                a.ip,
+                a.port,
+                a.scope,
+            )
+                .cmp(&(
+                    &b.service,
+                    &b.port_name,
+                    b.protocol,
+                    b.kind,
+                    b.ip,
+                    b.port,
+                    b.scope,
+                ))
         });
         self.frontends.dedup();
     }

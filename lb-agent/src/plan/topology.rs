@@ -203,7 +203,7 @@ mod tests {
         let node = NodeInfo {
             name: "node-a".into(),
             zone: String::new(),
-            internal_ips: Vec::new(),
+            addresses: Default::default(),
         };
         // (name, port, endpoints, cluster, local, has_any)
         type Case = (

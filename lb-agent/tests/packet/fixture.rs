@@ -7,11 +7,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 pub use lb_agent::{
     dataplane::{probe, HookKind, Pinned},
     maglev,
-    plan::{Frontend, FrontendKind, OnEmpty, Protocol, SourceRange},
+    plan::{Frontend, FrontendKind, OnEmpty, Protocol, Scope, SourceRange},
 };
 use lb_agent::{
     dataplane::{Dataplane, MapSizes},
     entries::{self, Capacity, Entries, Ids},
+    host::Host,
     plan::Plan,
 };
 use lb_common::verdict::Reason;
@@ -85,6 +86,7 @@ pub fn frontend(port: u16, protocol: Protocol, backends: &[&str]) -> Frontend {
             .collect(),
         on_empty: backends.is_empty().then_some(OnEmpty::Reject),
         affinity_timeout_seconds: None,
+        scope: Default::default(),
         source_ranges: Vec::new(),
         local_backends: Default::default(),
     }
@@ -142,6 +144,20 @@ impl Fixture {
         let ops = entries::diff(&self.current, &desired);
         self.dp.apply(&ops).expect("apply");
         self.current = desired;
+    }
+
+    /// Makes `addrs` this node's NodePort addresses (`LB_NODE_ADDRS`), as the agent writes them.
+    pub fn node_addresses(&mut self, addrs: &[[u8; 4]]) {
+        let host = Host {
+            devices: Default::default(),
+            nodeport_addresses: addrs
+                .iter()
+                .map(|a| (Ipv4Addr::from(*a).into(), 1))
+                .collect(),
+        };
+        self.dp
+            .write_host(&host, true)
+            .expect("write LB_NODE_ADDRS");
     }
 
     /// Runs `hook` once on `pkt`: its verdict and the packet it left.

@@ -8,6 +8,7 @@
 //! the tests, by concern (`nodeport`: the XDP accelerator on a node device; `node_device`: tc's
 //! SNAT decision and forwarding).
 
+mod addresses;
 mod choice;
 mod conntrack;
 mod fixture;
