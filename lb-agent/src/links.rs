@@ -1,12 +1,16 @@
-//! Which interfaces get which program: node devices (the set `host` chose) get the node-device
-//! tc program and, as `--lb-acceleration` says, XDP in front of it; pod interfaces (by glob) the
-//! pod hook.
+//! Which interfaces get which program, and attaching them: node devices (the set `host` chose)
+//! get the node-device tc program and, as `--lb-acceleration` says, XDP in front of it; pod
+//! interfaces (by glob) the pod hook.
 
 use std::collections::BTreeSet;
 
-use tracing::warn;
+use tracing::{error, warn};
 
-use crate::dataplane::HookKind;
+use crate::dataplane::{ifindex, Dataplane, HookKind};
+
+/// Node devices (name, ifindex) that refused native XDP under best-effort acceleration: not
+/// tried again while the interface lives.
+pub type XdpDeclined = BTreeSet<(String, u32)>;
 
 /// XDP on node devices (`--lb-acceleration`, Cilium's spelling): the accelerator in front of
 /// the tc program every node device gets.
@@ -79,6 +83,53 @@ impl Selector {
             Err(e) => warn!(error = %e, "listing interfaces failed"),
         }
         out
+    }
+
+    /// Attaches every wanted (interface, hook) not attached yet, then, when `prune`, unpins
+    /// links of vanished interfaces and of hooks no longer wanted (in that order: no gap
+    /// without a program). XDP that a device refuses under best-effort acceleration is
+    /// skipped and remembered in `declined` (logged once per interface); under native
+    /// acceleration such devices are returned (each logged as an error).
+    pub fn reconcile(
+        &self,
+        dp: &mut Dataplane,
+        declined: &mut XdpDeclined,
+        prune: bool,
+    ) -> Vec<String> {
+        let mut wanted = self.wanted();
+        let mut refused = Vec::new();
+        for (ifname, hook) in &wanted {
+            let idx = ifindex(ifname).unwrap_or(0);
+            if dp.is_attached(*hook, ifname) || declined.contains(&(ifname.clone(), idx)) {
+                continue;
+            }
+            let Err(e) = dp.attach(*hook, ifname) else {
+                continue;
+            };
+            let error = format!("{:#}", anyhow::Error::from(e));
+            if *hook != HookKind::Xdp {
+                error!(ifname, hook = hook.name(), error, "attach failed");
+            } else if self.acceleration == Acceleration::BestEffort {
+                warn!(
+                    ifname,
+                    error, "no native XDP on this device: tc alone serves it"
+                );
+                declined.insert((ifname.clone(), idx));
+            } else {
+                error!(
+                    ifname,
+                    error, "native XDP refused (--lb-acceleration native)"
+                );
+                refused.push(ifname.clone());
+            }
+        }
+        wanted.retain(|(n, h)| {
+            *h != HookKind::Xdp || !declined.contains(&(n.clone(), ifindex(n).unwrap_or(0)))
+        });
+        if prune {
+            dp.prune_links(&wanted.into_iter().collect());
+        }
+        refused
     }
 }
 

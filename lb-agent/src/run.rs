@@ -16,12 +16,12 @@ use tokio::{signal::unix::SignalKind, sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::{
-    dataplane::{Dataplane, HookKind, MapSizes},
+    dataplane::{Dataplane, MapSizes},
     entries::{self, Capacity, Desired, Entries, Ids},
     host::{self, HostConfig, Tracker},
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
-    links::{Acceleration, Selector},
+    links::{Selector, XdpDeclined},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -96,9 +96,8 @@ struct Agent {
     warned_skipped: BTreeSet<String>,
     /// The plan per Service (API source), so a change replans only what it touches.
     cache: PlanCache,
-    /// Node devices (name, ifindex) that refused native XDP under best-effort acceleration:
-    /// not tried again while the interface lives.
-    xdp_declined: BTreeSet<(String, u32)>,
+    /// Node devices that refused native XDP under best-effort acceleration.
+    xdp_declined: XdpDeclined,
     /// The node devices and NodePort addresses, followed through netlink.
     host: Tracker,
 }
@@ -421,44 +420,11 @@ impl Agent {
     /// best-effort acceleration is skipped (logged once per interface); under native
     /// acceleration it is an error, returned (fatal at start).
     fn reconcile_links(&mut self) -> Result<()> {
-        let mut wanted = self.cfg.selector.wanted();
-        let mut refused = Vec::new();
-        for (ifname, hook) in &wanted {
-            let idx = crate::dataplane::ifindex(ifname).unwrap_or(0);
-            if self.dp.is_attached(*hook, ifname)
-                || self.xdp_declined.contains(&(ifname.clone(), idx))
-            {
-                continue;
-            }
-            let Err(e) = self.dp.attach(*hook, ifname) else {
-                continue;
-            };
-            let error = format!("{:#}", anyhow::Error::from(e));
-            if *hook != HookKind::Xdp {
-                error!(ifname, hook = hook.name(), error, "attach failed");
-            } else if self.cfg.selector.acceleration == Acceleration::BestEffort {
-                warn!(
-                    ifname,
-                    error, "no native XDP on this device: tc alone serves it"
-                );
-                self.xdp_declined.insert((ifname.clone(), idx));
-            } else {
-                error!(
-                    ifname,
-                    error, "native XDP refused (--lb-acceleration native)"
-                );
-                refused.push(ifname.clone());
-            }
-        }
-        wanted.retain(|(n, h)| {
-            *h != HookKind::Xdp
-                || !self
-                    .xdp_declined
-                    .contains(&(n.clone(), crate::dataplane::ifindex(n).unwrap_or(0)))
-        });
-        if self.host.node_known() {
-            self.dp.prune_links(&wanted.into_iter().collect());
-        }
+        let prune = self.host.node_known();
+        let refused = self
+            .cfg
+            .selector
+            .reconcile(&mut self.dp, &mut self.xdp_declined, prune);
         if !refused.is_empty() {
             anyhow::bail!(
                 "native XDP could not be attached to {} (--lb-acceleration native); \
@@ -551,7 +517,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         warned: BTreeSet::new(),
         warned_skipped: BTreeSet::new(),
         cache: PlanCache::default(),
-        xdp_declined: BTreeSet::new(),
+        xdp_declined: XdpDeclined::new(),
         host: Tracker::new(cfg_host),
     };
     // Maps first, then programs: a program never runs against maps older than the files.
