@@ -204,7 +204,7 @@ pub fn inspect_text(root: &Path, conntrack_limit: Option<usize>) -> Result<Strin
             )?;
         }
     }
-    writeln!(out, "Paths out of XDP on node devices:")?;
+    writeln!(out, "Paths rewritten packets left by:")?;
     if let Some(m) = v["paths"].as_object() {
         for p in FwdPath::ALL {
             let c = &m[p.name()];

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_agent::{
     dataplane::{self, HookKind, MapSizes},
     host::{DeviceFilter, HostConfig, NodePortAddresses},
-    links::Selector,
+    links::{Acceleration, Selector},
     run::{RunConfig, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -30,14 +30,6 @@ enum PodHook {
     Tc,
     /// Native XDP on the host side of each veth.
     Xdp,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum XdpModeArg {
-    /// Native where the driver supports it, generic otherwise.
-    Auto,
-    Native,
-    Generic,
 }
 
 #[derive(Subcommand)]
@@ -66,12 +58,12 @@ enum Cmd {
         /// This node's name (as its Node object).
         #[arg(long, alias = "hostname-override", env = "NODE_NAME")]
         node: String,
-        /// Node devices (NICs, overlays) that get the node-device program: names and globs,
-        /// comma-separated, e.g. 'eth0,bond*'. Without it, detected: devices with a default
-        /// route, the Node object's addresses or a global route of their own (veths only with
-        /// the first two), and overlays (vxlan, geneve, wireguard ...); never loopback, pod
-        /// interfaces, bridges or bridge and bond ports. Followed as links, addresses and
-        /// routes change.
+        /// Node devices (NICs, overlays) that get the node-device programs (tc, and XDP as
+        /// --lb-acceleration says): names and globs, comma-separated, e.g. 'eth0,bond*'.
+        /// Without it, detected: devices with a default route, the Node object's addresses or a
+        /// global route of their own (veths only with the first two), and overlays (vxlan,
+        /// geneve, wireguard ...); never loopback, pod interfaces, bridges or bridge and bond
+        /// ports. Followed as links, addresses and routes change.
         #[arg(long, value_delimiter = ',', value_parser = glob_pattern)]
         devices: Vec<glob::Pattern>,
         /// Where NodePorts answer, kube-proxy's --nodeport-addresses: CIDRs of either family,
@@ -87,9 +79,10 @@ enum Cmd {
         /// Program for pod interfaces.
         #[arg(long, value_enum, default_value = "tc")]
         pod_hook: PodHook,
-        /// XDP attach mode on node devices.
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpModeArg,
+        /// XDP on node devices, in front of their tc program: native XDP on devices that are
+        /// not veths and accept it (best-effort), on every device (native), or none.
+        #[arg(long, value_enum, default_value = "best-effort")]
+        lb_acceleration: Acceleration,
         /// bpffs directory for pins; a bpffs is mounted there if none is.
         #[arg(long, default_value = "/sys/fs/bpf/xdplb")]
         bpffs: PathBuf,
@@ -196,7 +189,7 @@ fn real_main() -> Result<()> {
             nodeport_addresses,
             pod_interfaces,
             pod_hook,
-            xdp_mode,
+            lb_acceleration,
             bpffs,
             conntrack_size,
             max_frontends,
@@ -220,7 +213,7 @@ fn real_main() -> Result<()> {
                 },
                 selector: Selector {
                     devices: Default::default(),
-                    device_hook: HookKind::Xdp,
+                    acceleration: lb_acceleration,
                     pod_patterns: pod_interfaces,
                     pod_hook: match pod_hook {
                         PodHook::Tc => HookKind::Tc,
@@ -231,11 +224,6 @@ fn real_main() -> Result<()> {
                     conntrack: conntrack_size,
                     frontends: max_frontends,
                     ..MapSizes::default()
-                },
-                xdp_mode: match xdp_mode {
-                    XdpModeArg::Auto => aya::programs::XdpMode::Default,
-                    XdpModeArg::Native => aya::programs::XdpMode::Driver,
-                    XdpModeArg::Generic => aya::programs::XdpMode::Skb,
                 },
                 min_sync_period,
                 resync_period,

@@ -21,7 +21,7 @@ use crate::{
     host::{self, HostConfig, Tracker},
     http::{self, HealthCheckServers},
     kube_source::{self, ApiSource, Change, Scope},
-    links::Selector,
+    links::{Selector, XdpDeclined},
     metrics::Telemetry,
     model::{Diagnostic, Snapshot},
     plan::{self, Frontend, HealthCheck, Plan},
@@ -44,10 +44,10 @@ pub struct RunConfig {
     pub bpffs: PathBuf,
     /// Which interfaces are node devices and which addresses NodePort addresses.
     pub host: HostConfig,
-    /// Which interface gets which program (its `devices` follow `host`).
+    /// Which interfaces get which programs (node devices: their `devices` follow `host`;
+    /// acceleration; pod interfaces).
     pub selector: Selector,
     pub sizes: MapSizes,
-    pub xdp_mode: aya::programs::XdpMode,
     /// Syncs are at least this far apart (kube-proxy's --min-sync-period); changes in between
     /// are applied together.
     pub min_sync_period: Duration,
@@ -96,6 +96,8 @@ struct Agent {
     warned_skipped: BTreeSet<String>,
     /// The plan per Service (API source), so a change replans only what it touches.
     cache: PlanCache,
+    /// Node devices that refused native XDP under best-effort acceleration.
+    xdp_declined: XdpDeclined,
     /// The node devices and NodePort addresses, followed through netlink.
     host: Tracker,
 }
@@ -254,7 +256,8 @@ impl Agent {
             .host
             .set_node(plan::node_addresses(&snapshot, &self.cfg.node))
         {
-            self.refresh_host();
+            // Logged where it happened; fatal only at start.
+            let _ = self.refresh_host();
         }
     }
 
@@ -390,13 +393,14 @@ impl Agent {
         self.telemetry.full_resync(drifted);
         self.sync("periodic resync", &[]).await;
         // Also repairs the NodePort addresses and devices, should a netlink event be lost.
-        self.refresh_host();
+        let _ = self.refresh_host();
     }
 
     /// Rereads the namespace's links, addresses and routes: the node devices and NodePort
     /// addresses they give reach the maps and the links. Until the Node has been read, nothing
-    /// is removed (a restarted agent keeps serving what the previous one chose).
-    fn refresh_host(&mut self) {
+    /// is removed (a restarted agent keeps serving what the previous one chose). Fails as
+    /// [`Agent::reconcile_links`] does.
+    fn refresh_host(&mut self) -> Result<()> {
         let host = self.host.refresh();
         self.cfg.selector.devices = host.device_names();
         let remove = self.host.node_known();
@@ -407,30 +411,28 @@ impl Agent {
                 "writing the NodePort addresses and devices failed"
             ),
         }
-        self.reconcile_links();
+        self.reconcile_links()
     }
 
     /// Attaches to every wanted interface not yet attached, then unpins links of vanished
     /// interfaces and of hooks no longer wanted (in that order: no gap without a program).
-    /// Until the Node has been read, nothing is unpinned.
-    fn reconcile_links(&mut self) {
-        let wanted = self.cfg.selector.wanted();
-        for (ifname, hook) in &wanted {
-            if self.dp.is_attached(*hook, ifname) {
-                continue;
-            }
-            if let Err(e) = self.dp.attach(*hook, ifname) {
-                error!(
-                    ifname,
-                    hook = hook.name(),
-                    error = format!("{:#}", anyhow::Error::from(e)),
-                    "attach failed"
-                );
-            }
+    /// Until the Node has been read, nothing is unpinned. XDP that a device refuses under
+    /// best-effort acceleration is skipped (logged once per interface); under native
+    /// acceleration it is an error, returned (fatal at start).
+    fn reconcile_links(&mut self) -> Result<()> {
+        let prune = self.host.node_known();
+        let refused = self
+            .cfg
+            .selector
+            .reconcile(&mut self.dp, &mut self.xdp_declined, prune);
+        if !refused.is_empty() {
+            anyhow::bail!(
+                "native XDP could not be attached to {} (--lb-acceleration native); \
+                 best-effort skips such devices",
+                refused.join(", ")
+            );
         }
-        if self.host.node_known() {
-            self.dp.prune_links(&wanted);
-        }
+        Ok(())
     }
 }
 
@@ -455,7 +457,7 @@ fn node_eligible(snapshot: &Snapshot, node: &str) -> bool {
 
 /// Runs the agent until SIGINT or SIGTERM. On exit the dataplane stays as it is.
 pub async fn run(cfg: RunConfig) -> Result<()> {
-    let dp = Dataplane::load(&cfg.bpffs, cfg.sizes, cfg.xdp_mode)?;
+    let dp = Dataplane::load(&cfg.bpffs, cfg.sizes)?;
     let current = dp.read_entries().context("reading pinned maps")?;
     if !current.frontends.is_empty() {
         info!(
@@ -515,6 +517,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         warned: BTreeSet::new(),
         warned_skipped: BTreeSet::new(),
         cache: PlanCache::default(),
+        xdp_declined: XdpDeclined::new(),
         host: Tracker::new(cfg_host),
     };
     // Maps first, then programs: a program never runs against maps older than the files.
@@ -526,7 +529,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 
     let (link_tx, mut link_rx) = mpsc::channel(1);
     let _link_task = host::watch(link_tx).context("watching links and addresses (netlink)")?;
-    agent.refresh_host();
+    agent.refresh_host()?;
 
     let (file_tx, mut file_rx) = mpsc::channel(1);
     let _watcher = match &agent.cfg.source {
@@ -586,7 +589,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 while file_rx.try_recv().is_ok() {}
                 agent.sync("manifests changed", &[]).await;
             }
-            Some(()) = link_rx.recv() => agent.refresh_host(),
+            Some(()) = link_rx.recv() => {
+                // Logged where it happened; a device added later does not stop the agent.
+                let _ = agent.refresh_host();
+            }
             _ = resync.tick(), if ready => agent.resync().await,
         }
     }

@@ -50,7 +50,7 @@ fn a_map_pinned_with_another_layout_is_refused_naming_the_cleanup_command() {
         backends: 256,
         conntrack: 4096,
     };
-    let e = match Dataplane::load(bpffs.path(), sizes, aya::programs::XdpMode::Default) {
+    let e = match Dataplane::load(bpffs.path(), sizes) {
         Ok(_) => panic!("loaded over a map of another layout"),
         Err(e) => e,
     };
@@ -65,6 +65,5 @@ fn a_map_pinned_with_another_layout_is_refused_naming_the_cleanup_command() {
     assert!(msg.contains(&format!("{value_size}-byte values")), "{msg}");
 
     dataplane::cleanup(bpffs.path()).expect("cleanup");
-    Dataplane::load(bpffs.path(), sizes, aya::programs::XdpMode::Default)
-        .expect("load after cleanup");
+    Dataplane::load(bpffs.path(), sizes).expect("load after cleanup");
 }

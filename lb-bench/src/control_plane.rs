@@ -11,11 +11,15 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb_tests::{fakeapi::FakeApi, objects::node, NetNs, TempDir};
+use lb_tests::{
+    fakeapi::FakeApi,
+    kube_rules::{self, Svc},
+    objects::node,
+    NetNs, TempDir,
+};
 
 use crate::{
     agent::{stop, ApiAgent},
-    kube_rules::{self, Svc},
     load_rules::{load_iptables, load_nft, restore_iptables},
     output::write_results,
     services::{api_objects, fe_key, services, ENDPOINTS, NODE},

@@ -20,11 +20,12 @@ use lb_common::{
     maps::{Counter, MAP_VERDICTS},
     verdict::Reason,
 };
-use lb_tests::{manifests::ManifestDir, AgentRun, BpffsGuard, Node, TempDir, POD_IFACE_GLOB};
+use lb_tests::{
+    kube_rules, manifests::ManifestDir, AgentRun, BpffsGuard, Node, TempDir, POD_IFACE_GLOB,
+};
 
 use crate::{
     agent::{frontends, stop},
-    kube_rules,
     load_rules::{flush_iptables, load_iptables, load_nft},
     loadgen::{LoadGen, Rate},
     output::write_results,

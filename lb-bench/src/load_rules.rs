@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_tests::NetNs;
 
-use crate::kube_rules::{self, Svc};
+use lb_tests::kube_rules::{self, Svc};
 
 /// How long one restore may take.
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -35,13 +35,13 @@ fn timed(ns: &NetNs, program: &str, args: &[&str]) -> Result<f64> {
     Ok(ms)
 }
 
-/// The iptables commands: the legacy backend (what many kube-proxy nodes run, and the faster
-/// of the two here both to restore and to walk), or Debian's default nf_tables backend with
-/// `BENCH_IPTABLES=nft` (it takes over ten minutes to restore 10,000 Services here).
+/// The iptables commands: the legacy backend by default ([`kube_rules::IPTABLES`]), or Debian's
+/// default nf_tables backend with `BENCH_IPTABLES=nft` (it takes over ten minutes to restore
+/// 10,000 Services here).
 pub fn iptables_cmds() -> (&'static str, &'static str) {
     match std::env::var("BENCH_IPTABLES").as_deref() {
         Ok("nft") => ("iptables-nft", "iptables-nft-restore"),
-        _ => ("iptables-legacy", "iptables-legacy-restore"),
+        _ => kube_rules::IPTABLES,
     }
 }
 

@@ -5,7 +5,6 @@
 mod agent;
 mod control_plane;
 mod e2e;
-mod kube_rules;
 mod load_rules;
 mod loadgen;
 mod output;

@@ -18,7 +18,15 @@
 //!   per-call times (which include the test harness's own timer and bh/rcu entry, ~tens of ns,
 //!   measured by `lb_pass` in the same mode). This is how the first packet of a new flow is
 //!   timed (every call a fresh 5-tuple to a random Service), and established flows spread over
-//!   random Services (caches not warmed by one key).
+//!   random Services (caches not warmed by one key). It also times the node-device programs'
+//!   established path, which forwards (and so rewrites the TTL and MACs, never the same packet
+//!   twice): the XDP accelerator sending the flow back out of its device (`lb_xdp`, XDP_TX) and
+//!   tc redirecting it (`lb_tc_nic`).
+//!
+//! Everything runs in a network namespace of its own, whose routes make the FIB lookups the
+//! same everywhere: a node device `eth0` with the backends' range routed back out of it through
+//! a permanent neighbour; the Services' range has no route, so the pod hooks' self-DNAT flow of
+//! `repeat` mode goes to the stack untouched (tc: after its FIB lookup).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -41,11 +49,14 @@ use lb_common::maps::{
     CtEntry, CtKey, Frontend as FeValue, FrontendKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, MAP_CT,
     MAP_FRONTENDS, PROTO_TCP,
 };
-use lb_tests::{ebpf_object, BpffsGuard};
+use lb_tests::{ebpf_object, BpffsGuard, NetNs};
 
 use crate::{output::write_results, stats::median};
 
 const BACKENDS: usize = 10;
+/// XDP_TX and TC_ACT_REDIRECT, as BPF_PROG_TEST_RUN reports them.
+const XDP_TX: u32 = 3;
+const TC_ACT_REDIRECT: u32 = 7;
 const PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
 
@@ -92,6 +103,7 @@ fn frontend(i: usize) -> Frontend {
         affinity_timeout_seconds: None,
         scope: Default::default(),
         source_ranges: Vec::new(),
+        local_backends: Vec::new(),
     }
 }
 
@@ -216,6 +228,8 @@ struct Bench {
     dp: Dataplane,
     floors: Floors,
     out: Vec<u8>,
+    /// The node device's index in the benchmark's namespace.
+    eth0: u32,
 }
 
 impl Bench {
@@ -229,11 +243,54 @@ impl Bench {
             }
         }
     }
+
+    /// Runs node-device hook `h` once on `pkt` arriving on eth0.
+    fn run_on_eth0(&mut self, h: HookKind, pkt: &[u8]) -> Result<(u32, u64)> {
+        let words: Vec<u32> = if h == HookKind::Xdp {
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, ...
+            vec![0, pkt.len() as u32, 0, self.eth0, 0, 0]
+        } else {
+            // struct __sk_buff up to ifindex: ingress_ifindex and ifindex.
+            let mut w = vec![0; 11];
+            w[9] = self.eth0;
+            w[10] = self.eth0;
+            w
+        };
+        let ctx: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let r = self.dp.test_run_ctx(h, pkt, &mut self.out, 1, Some(&ctx))?;
+        Ok((r.return_value, r.duration.as_nanos() as u64))
+    }
 }
 
-/// Runs the per-packet benchmark with the object `cargo xtask build-ebpf` wrote; results in
-/// target/bench/packet.json.
+/// The benchmark's network namespace: node device `eth0` (a veth), the backends' range
+/// (10.128.0.0/16) routed back out of it through a permanent neighbour.
+fn bench_netns() -> Result<NetNs> {
+    let ns = NetNs::new("bench-pkt")?;
+    #[rustfmt::skip]
+    let steps: &[&[&str]] = &[
+        &["link", "add", "eth0", "type", "veth", "peer", "name", "wire"],
+        &["link", "set", "eth0", "up"],
+        &["link", "set", "wire", "up"],
+        &["addr", "add", "172.18.0.10/24", "dev", "eth0"],
+        &["neigh", "add", "172.18.0.11", "lladdr", "02:00:00:00:00:11", "dev", "eth0", "nud", "permanent"],
+        &["route", "add", "10.128.0.0/16", "via", "172.18.0.11", "dev", "eth0"],
+    ];
+    for args in steps {
+        ns.ip(args)?;
+    }
+    ns.set_sysctl("ipv4/ip_forward", "1")?;
+    Ok(ns)
+}
+
+/// Runs the per-packet benchmark with the object `cargo xtask build-ebpf` wrote, in a network
+/// namespace of its own (see the module's doc); results in target/bench/packet.json.
 pub fn packet(opts: &PacketOpts) -> Result<()> {
+    let ns = bench_netns()?;
+    let eth0 = ns.ifindex("eth0")?;
+    ns.enter(|| packet_in_netns(opts, eth0))
+}
+
+fn packet_in_netns(opts: &PacketOpts, eth0: u32) -> Result<()> {
     if opts.services.is_empty() || opts.services.windows(2).any(|w| w[0] >= w[1]) {
         bail!("--services: ascending sizes");
     }
@@ -249,12 +306,13 @@ pub fn packet(opts: &PacketOpts) -> Result<()> {
         conntrack: (2 * opts.flows as u32 + (1 << 18)).next_power_of_two(),
     };
     eprintln!("map sizes: {sizes:?}");
-    let dp = Dataplane::load(bpffs.path(), sizes, aya::programs::XdpMode::Default)?;
+    let dp = Dataplane::load(bpffs.path(), sizes)?;
     let floors = Floors::load(&object, bpffs.path(), sizes)?;
     let mut b = Bench {
         dp,
         floors,
         out: vec![0u8; 4096],
+        eth0,
     };
     let mut ids = Ids::new(Capacity {
         frontends: sizes.frontends,
@@ -379,7 +437,7 @@ pub fn packet(opts: &PacketOpts) -> Result<()> {
         let repeat: Vec<f64> = samples.iter_mut().map(|v| median(v)).collect();
 
         // `single` mode: a different packet per call.
-        let mut single: Vec<Vec<f64>> = (0..3).map(|_| Vec::with_capacity(opts.calls)).collect();
+        let mut single: Vec<Vec<f64>> = (0..5).map(|_| Vec::with_capacity(opts.calls)).collect();
         let mut rng = Lcg(n as u64 * 13 + 5);
         let mut new_port = 0u32;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -410,18 +468,30 @@ pub fn packet(opts: &PacketOpts) -> Result<()> {
             if b.out[30..34] == syn[30..34] || before == est[30..34] {
                 bail!("a single-mode packet was not DNATed");
             }
+            // The node devices' established path: sent back out of eth0 by XDP, redirected
+            // by tc (the backends' range is routed back out of it).
+            let (v, x) = b.run_on_eth0(HookKind::Xdp, &est)?;
+            if v != XDP_TX || b.out[30..34] == est[30..34] {
+                bail!("the XDP accelerator did not send an established flow (verdict {v})");
+            }
+            let (v, t) = b.run_on_eth0(HookKind::TcNic, &est)?;
+            if v != TC_ACT_REDIRECT || b.out[30..34] == est[30..34] {
+                bail!("tc on eth0 did not redirect an established flow (verdict {v})");
+            }
             single[0].push(p as f64);
             single[1].push(e as f64);
             single[2].push(nf as f64);
+            single[3].push(x as f64);
+            single[4].push(t as f64);
         }
         let single: Vec<f64> = single.iter_mut().map(|v| median(v)).collect();
         println!(
-            "{n:>7} services: repeat: pass {:.1} ns, lookup1 {:.1} ns, established xdp {:.1} ns ({:.2}x lookup1), tc {:.1} ns | single: pass {:.0} ns, established {:.0} ns, new flow {:.0} ns",
-            repeat[0], repeat[1], repeat[2], repeat[2] / repeat[1], repeat[3], single[0], single[1], single[2]
+            "{n:>7} services: repeat: pass {:.1} ns, lookup1 {:.1} ns, established xdp {:.1} ns ({:.2}x lookup1), tc {:.1} ns | single: pass {:.0} ns, established {:.0} ns, new flow {:.0} ns, established on a node device: xdp_tx {:.0} ns, tc redirect {:.0} ns",
+            repeat[0], repeat[1], repeat[2], repeat[2] / repeat[1], repeat[3], single[0], single[1], single[2], single[3], single[4]
         );
         rows.push(format!(
-            "{{\"services\":{n},\"backends_per_service\":{BACKENDS},\"ct_flows\":{},\"repeat_ns\":{{\"pass\":{:.2},\"lookup1\":{:.2},\"established_xdp\":{:.2},\"established_tc\":{:.2}}},\"single_ns\":{{\"pass\":{:.0},\"established_xdp\":{:.0},\"new_flow_xdp\":{:.0}}}}}",
-            opts.flows, repeat[0], repeat[1], repeat[2], repeat[3], single[0], single[1], single[2]
+            "{{\"services\":{n},\"backends_per_service\":{BACKENDS},\"ct_flows\":{},\"repeat_ns\":{{\"pass\":{:.2},\"lookup1\":{:.2},\"established_xdp\":{:.2},\"established_tc\":{:.2}}},\"single_ns\":{{\"pass\":{:.0},\"established_xdp\":{:.0},\"new_flow_xdp\":{:.0},\"established_xdp_nic\":{:.0},\"established_tc_nic\":{:.0}}}}}",
+            opts.flows, repeat[0], repeat[1], repeat[2], repeat[3], single[0], single[1], single[2], single[3], single[4]
         ));
     }
     let json = format!(

@@ -12,7 +12,7 @@ use lb_tests::{
 };
 use serde_json::Value;
 
-use crate::kube_rules::Svc;
+use lb_tests::kube_rules::Svc;
 
 /// The node the agent runs as.
 pub const NODE: &str = "node-a";

@@ -21,8 +21,8 @@ pub const MAP_AFFINITY: &str = "LB_AFFINITY";
 /// `LB_SRC_RANGES`: LPM trie, [`SrcRange`] (with a prefix length) -> u32 (1). Sources
 /// allowed to reach frontends with [`FE_F_SOURCE_RANGES`] (loadBalancerSourceRanges).
 pub const MAP_SRC_RANGES: &str = "LB_SRC_RANGES";
-/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How packets XDP
-/// rewrote on node devices left it.
+/// `LB_PATHS`: per-CPU array, [`crate::verdict::Path`] index -> [`Counter`]. How rewritten
+/// packets left the program that rewrote them (XDP_TX, left to tc, redirected, to the stack).
 pub const MAP_PATHS: &str = "LB_PATHS";
 /// `LB_NODE_ADDRS`: hash, [`NodeAddrKey`] -> [`NodeAddr`]. This node's NodePort addresses:
 /// where the wildcard NodePort frontends ([`NODEPORT_ANY_ADDR`]) answer.
@@ -222,9 +222,15 @@ pub struct Backend {
     pub port_be: u16,
     /// IP protocol.
     pub proto: u8,
-    /// Reserved, 0.
+    /// `BE_F_*` bits.
     pub flags: u8,
 }
+
+/// [`Backend::flags`]: the backend is on this node (its EndpointSlice endpoint's `nodeName` is
+/// this node, kube-proxy's `IsLocal`). From node devices a new flow to a backend without it is
+/// SNATed to this node's address on the route to the backend, so its replies come back here;
+/// to a backend with it only the destination changes and the backend sees the client.
+pub const BE_F_LOCAL: u8 = 1;
 
 /// [`CtKey::dir`]: a packet from the client towards the frontend.
 pub const CT_DIR_ORIGINAL: u8 = 0;

@@ -1,4 +1,6 @@
-//! Verdict reasons: every packet the programs see is counted under exactly one of these.
+//! Verdict reasons: every packet is counted under exactly one of these, by the program that
+//! decided it (on node devices, XDP counts only what it finishes; tc counts the rest); and the
+//! paths rewritten packets leave by.
 
 /// Why a packet got the verdict it got; the index into the `LB_VERDICTS` per-CPU array.
 #[repr(u32)]
@@ -95,44 +97,58 @@ impl Reason {
     }
 }
 
-/// How a packet the XDP program on a node device rewrote leaves it; the index into `LB_PATHS`.
+/// How a rewritten packet left the program that rewrote it; the index into `LB_PATHS`.
+///
+/// On node devices the XDP program is an accelerator in front of the tc program: it finishes
+/// only what it can send itself and leaves the rest untouched for tc (`xdp_pass_*`), which then
+/// decides the packet again and counts it. The tc programs send every packet they rewrite
+/// themselves (`tc_redirect`), except the two cases the stack must handle (`tc_stack_*`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// Sent back out of the device it came in on, MACs from the FIB (XDP_TX).
-    Tx = 0,
-    /// The next hop is another interface of this node (a pod): the stack delivers it.
-    PassLocal = 1,
-    /// The FIB has no neighbour entry yet: the stack resolves it.
-    PassNoNeigh = 2,
-    /// The FIB said the stack must decide (no route, not forwarded, MTU, ...).
-    PassFib = 3,
-    /// The packet carries a CHECKSUM_PARTIAL seed (a veth NIC): the stack forwards it, as
-    /// XDP_TX would lose the mark and the receiver would drop it.
-    PassPartial = 4,
+    /// XDP sent it back out of the device it came in on, MACs from the FIB (XDP_TX).
+    XdpTx = 0,
+    /// XDP left it untouched for tc: its route leaves by another device, has no neighbour entry
+    /// yet, or the FIB could not say (counted by XDP; tc then decides and counts the packet).
+    XdpPassTc = 1,
+    /// XDP left it untouched for tc: it carries a CHECKSUM_PARTIAL seed, which XDP_TX would hand
+    /// on as if it were a full checksum.
+    XdpPassPartial = 2,
+    /// tc sent it out of the device its route names, TTL - 1, the neighbour subsystem filling
+    /// in the MACs (`bpf_redirect_neigh`): the stack, and so netfilter, never sees it.
+    TcRedirect = 3,
+    /// The FIB does not forward it: its destination is this node itself (a hostNetwork
+    /// backend), or there is no route to it at all. tc handed it to the stack.
+    TcStackNotForwarded = 4,
+    /// The FIB could not forward it otherwise (forwarding disabled, an unreachable or
+    /// prohibit route, larger than the MTU) or its TTL is 1: tc handed it to the stack, which
+    /// answers or drops it.
+    TcStackFib = 5,
 }
 
 /// Number of paths; the size of the path array.
-pub const PATH_COUNT: u32 = 5;
+pub const PATH_COUNT: u32 = 6;
 
 impl Path {
     /// Every path, in index order.
     pub const ALL: [Path; PATH_COUNT as usize] = [
-        Path::Tx,
-        Path::PassLocal,
-        Path::PassNoNeigh,
-        Path::PassFib,
-        Path::PassPartial,
+        Path::XdpTx,
+        Path::XdpPassTc,
+        Path::XdpPassPartial,
+        Path::TcRedirect,
+        Path::TcStackNotForwarded,
+        Path::TcStackFib,
     ];
 
     /// Stable snake_case name.
     pub const fn name(self) -> &'static str {
         match self {
-            Path::Tx => "xdp_tx",
-            Path::PassLocal => "pass_local",
-            Path::PassNoNeigh => "pass_no_neigh",
-            Path::PassFib => "pass_fib",
-            Path::PassPartial => "pass_partial",
+            Path::XdpTx => "xdp_tx",
+            Path::XdpPassTc => "xdp_pass_tc",
+            Path::XdpPassPartial => "xdp_pass_partial",
+            Path::TcRedirect => "tc_redirect",
+            Path::TcStackNotForwarded => "tc_stack_not_fwded",
+            Path::TcStackFib => "tc_stack_fib",
         }
     }
 }

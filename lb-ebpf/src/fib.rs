@@ -1,10 +1,17 @@
-//! The kernel's FIB lookup (`bpf_fib_lookup`) for an IPv4 flow, behind one safe function.
+//! The kernel's FIB lookup (`bpf_fib_lookup`) for an IPv4 flow, behind one safe function, and
+//! the one question both hooks ask it for a new flow: which source address the route to a
+//! backend would use ([`source_for`]).
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC,
+    },
     helpers::bpf_fib_lookup,
     EbpfContext,
 };
+
+use crate::parse::Headers;
 
 /// AF_INET.
 const AF_INET: u8 = 2;
@@ -38,17 +45,17 @@ pub fn params(
 pub struct Answer(i64);
 
 impl Answer {
-    /// A route and its next hop's MAC: `p.ifindex`, `p.smac`, `p.dmac` (and the source with
-    /// `BPF_FIB_LOOKUP_SRC`, see [`source`]) are filled in.
+    /// A route and its next hop's MAC: `p.ifindex`, `p.smac`, `p.dmac` and the next hop (see
+    /// [`next_hop`]) are filled in; with `BPF_FIB_LOOKUP_SKIP_NEIGH` all but `p.dmac`.
     #[inline(always)]
     pub fn found(self) -> bool {
         self.0 == BPF_FIB_LKUP_RET_SUCCESS as i64
     }
 
-    /// A route, but no neighbour entry for its next hop yet: `p.ifindex` is filled in.
+    /// Not a route to forward along: the destination is this node's own (or broadcast, ...).
     #[inline(always)]
-    pub fn no_neigh(self) -> bool {
-        self.0 == BPF_FIB_LKUP_RET_NO_NEIGH as i64
+    pub fn not_forwarded(self) -> bool {
+        self.0 == BPF_FIB_LKUP_RET_NOT_FWDED as i64
     }
 }
 
@@ -70,9 +77,24 @@ pub fn lookup<C: EbpfContext>(ctx: &C, p: &mut bpf_fib_lookup, flags: u32) -> An
     Answer(r)
 }
 
-/// The source address a lookup with `BPF_FIB_LOOKUP_SRC` chose (raw).
+/// The next hop a successful lookup found (raw): the gateway, or the destination itself on a
+/// directly connected route.
 #[inline(always)]
-pub fn source(p: &bpf_fib_lookup) -> u32 {
+pub fn next_hop(p: &bpf_fib_lookup) -> u32 {
     // SAFETY: a union of a u32 and a [u32; 4]: every bit pattern is a valid u32.
-    unsafe { p.__bindgen_anon_3.ipv4_src }
+    unsafe { p.__bindgen_anon_4.ipv4_dst }
+}
+
+/// The source address this node would use on its route to `daddr` for packet `h`, which came
+/// in on `ifindex` (the route's preferred source, else the egress device's address, as
+/// kube-proxy's MASQUERADE picks it): `BPF_FIB_LOOKUP_SRC`, Linux 6.7. None without a route.
+#[inline(always)]
+pub fn source_for<C: EbpfContext>(ctx: &C, h: &Headers, daddr: u32, ifindex: u32) -> Option<u32> {
+    let mut p = params(h.proto, h.sport, h.dport, 0, daddr, ifindex, 0);
+    let flags = BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH;
+    if !lookup(ctx, &mut p, flags).found() {
+        return None;
+    }
+    // SAFETY: a union of a u32 and a [u32; 4]: every bit pattern is a valid u32.
+    Some(unsafe { p.__bindgen_anon_3.ipv4_src })
 }

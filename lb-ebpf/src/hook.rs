@@ -8,8 +8,9 @@
 //!
 //! Adding a hook type (say cgroup socket programs): write one file beside `xdp.rs` and `tc.rs`
 //! (`sock.rs`) with a type that wraps the program's context and implements [`Hook`]: its
-//! verdicts, the packet bounds, how it rewrites a [`Nat`], and where needed where a rewritten
-//! packet goes ([`Hook::forward`]), which source a flow to another node takes
+//! verdicts, the packet bounds, where a rewritten packet goes ([`Hook::route`], asked before
+//! anything is written, so a hook may decline a packet it cannot finish) and how it is sent
+//! ([`Hook::send`]), how it rewrites a [`Nat`], which source a flow to another node takes
 //! ([`Hook::snat_source`]) and how, or whether ([`Hook::CAN_REJECT`]), it rejects. It imports
 //! this file (and `parse`, `fib`, `reject`, `stats` as it needs them), never `lb`. Then declare
 //! the module in `main.rs` and add an entry point there that calls `lb::run` on it. A hook
@@ -18,32 +19,48 @@
 //! [`Headers`] from the address and calls `decide`; the hook's file still only implements
 //! [`Hook`], its `rewrite` writing the address back.
 
+use lb_common::verdict::{Path, Reason};
+
 use crate::parse::Headers;
 
 /// A program type the load balancer runs on.
 pub trait Hook {
     type Verdict: Copy;
+    /// Where a rewritten packet goes, as [`Hook::route`] found it before anything was written,
+    /// for [`Hook::send`].
+    type Route: Copy;
     /// Let the packet continue (to the next program or the stack).
     const PASS: Self::Verdict;
     const DROP: Self::Verdict;
+    /// The hook sits on a node device (traffic from outside and from other nodes), not on a
+    /// pod's interface: new flows to backends on other nodes are SNATed ([`Hook::snat_source`]).
+    const NODE_DEVICE: bool;
+    /// The hook runs in front of another program of this load balancer that sees every packet
+    /// it passes (XDP on a node device, in front of tc): it counts only the packets it
+    /// finishes itself, so each packet's verdict is counted once, by the program that decided
+    /// it.
+    const ACCELERATOR: bool = false;
     fn start(&self) -> usize;
     fn end(&self) -> usize;
     /// Length of the whole packet.
     fn len(&self) -> u64;
     /// Makes the headers directly readable, where the hook needs that.
     fn prepare(&self) {}
+    /// Where packet `h` goes once rewritten by `nat`, asked before the decision writes any
+    /// state (conntrack, affinity, counters). `Err(path)`: this hook cannot finish the packet
+    /// and leaves it untouched for the next program, counted under `path` (the XDP
+    /// accelerator, which only sends what it can send itself).
+    fn route(&self, h: &Headers, nat: &Nat) -> Result<Self::Route, Path>;
     /// Rewrites the destination and/or source address and port of a parsed packet, with
     /// checksums.
-    /// Returns whether the L4 checksum was a CHECKSUM_PARTIAL seed.
-    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<bool>;
-    /// The address a new flow from `h` to `backend_addr` must take as its source, when the
-    /// backend is reached back out of the device the packet came in on (another node).
+    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<()>;
+    /// Sends the rewritten packet along `route`, counting the path it takes; returns its
+    /// verdict.
+    fn send(&self, h: &Headers, route: &Self::Route) -> Self::Verdict;
+    /// The source address a new flow from `h` to `backend_addr` takes when the backend is on
+    /// another node: this node's address on the route to it. Asked on node devices only.
     fn snat_source(&self, _h: &Headers, _backend_addr: u32) -> Option<u32> {
         None
-    }
-    /// The verdict for a rewritten packet: where it goes next.
-    fn forward(&self, _h: &Headers, _nat: &Nat, _partial: bool) -> Self::Verdict {
-        Self::PASS
     }
     /// Whether [`Hook::reject`] can send a reply from this hook.
     const CAN_REJECT: bool = true;
@@ -55,13 +72,17 @@ pub trait Hook {
     fn reject(&self, h: &Headers) -> Option<Self::Verdict>;
 }
 
-/// What the hook must do with the packet.
-pub enum Action {
-    Pass,
-    Drop,
+/// What the decision asks the hook to do with the packet, and under which reason it counts.
+pub enum Action<R> {
+    Pass(Reason),
+    Drop(Reason),
     /// Answer with ICMP port unreachable.
-    Reject,
-    Rewrite(Nat),
+    Reject(Reason),
+    /// Leave the packet untouched for the next program: nothing was written, nothing is counted
+    /// but the path.
+    Leave(Path),
+    /// Rewrite by the [`Nat`], then send along the route [`Hook::route`] gave.
+    Rewrite(Reason, Nat, R),
 }
 
 /// The rewrite of a packet: its destination, its source, or both; checksums follow.
@@ -70,8 +91,6 @@ pub enum Action {
 /// and LLVM spills an `Option`'s payload even when it is `None`.
 #[derive(Clone, Copy)]
 pub struct Nat {
-    /// The packet is a reply of a tracked flow (reverse NAT).
-    pub reply: bool,
     /// Rewrite the destination to (`dst_addr`, `dst_port`).
     pub dst: bool,
     /// Rewrite the source to (`src_addr`, `src_port`).
@@ -87,7 +106,6 @@ impl Nat {
     #[inline(always)]
     pub fn dnat(addr: u32, port: u16) -> Self {
         Nat {
-            reply: false,
             dst: true,
             src: false,
             dst_addr: addr,
@@ -101,7 +119,6 @@ impl Nat {
     #[inline(always)]
     pub fn snat(addr: u32, port: u16) -> Self {
         Nat {
-            reply: true,
             dst: false,
             src: true,
             dst_addr: 0,

@@ -3,14 +3,20 @@
 //! in `lookup_frontend`, conntrack, affinity, backend choice, SNAT and hairpin, which address and
 //! port to rewrite).
 //! It sees the hooks only through the trait, never a program type.
+//!
+//! The decision asks the hook where the rewritten packet would go ([`Hook::route`]) before it
+//! writes anything (conntrack, affinity, counters): a hook that cannot finish the packet (the
+//! XDP accelerator on a node device) leaves it untouched for the next program, which then
+//! decides it afresh and finds the same backend (choice by hash and affinity read only).
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     hash::{flow_hash, slot_of},
     maps::{
         Affinity, AffinityKey, Backend, Frontend, FrontendKey, NodeAddrKey, SlotKey, SrcRange,
-        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_POD_SCOPE, FE_F_REJECT_EMPTY,
-        FE_F_SOURCE_RANGES, HAIRPIN_ADDR, NODEPORT_ANY_ADDR, PROTO_TCP, SCOPE_ANY, SCOPE_PODS,
+        BE_F_LOCAL, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_CLOSING, CT_F_SNAT, FE_F_POD_SCOPE,
+        FE_F_REJECT_EMPTY, FE_F_SOURCE_RANGES, HAIRPIN_ADDR, NODEPORT_ANY_ADDR, PROTO_TCP,
+        SCOPE_ANY, SCOPE_PODS,
     },
     verdict::Reason,
 };
@@ -20,11 +26,12 @@ use crate::{
     hook::{Action, Hook, Nat},
     maps::{LB_AFFINITY, LB_BACKENDS, LB_CT, LB_FRONTENDS, LB_NODE_ADDRS, LB_SLOTS, LB_SRC_RANGES},
     parse::{parse, Headers, Parsed, TCP_ACK, TCP_SYN},
-    stats::{count_frontend, count_verdict},
+    stats::{count_frontend, count_path, count_verdict},
 };
 
 /// Runs the load balancer on one packet arriving on `hook`: parses it, decides, acts through
-/// the hook and counts; returns the very verdict it counted.
+/// the hook and counts; returns the very verdict it counted. An accelerator
+/// ([`Hook::ACCELERATOR`]) counts no verdict for what it passes: the program behind it does.
 #[inline(always)]
 pub fn run<H: Hook>(hook: &H) -> H::Verdict {
     hook.prepare();
@@ -35,43 +42,56 @@ pub fn run<H: Hook>(hook: &H) -> H::Verdict {
         Parsed::Fragment => (Reason::PassFragment, H::PASS),
         Parsed::Malformed => (Reason::PassMalformed, H::PASS),
         Parsed::L4(h) => match decide(hook, &h, len) {
-            (reason, Action::Pass) => (reason, H::PASS),
-            (reason, Action::Drop) => (reason, H::DROP),
-            (_, Action::Reject) if !H::CAN_REJECT => (Reason::RejectDropped, H::DROP),
-            (reason, Action::Reject) => match hook.reject(&h) {
-                Some(v) => (reason, v),
-                None => (Reason::AbortRewrite, H::DROP),
+            Action::Pass(reason) => (reason, H::PASS),
+            Action::Drop(reason) => return counted(reason, len, H::DROP),
+            Action::Leave(path) => {
+                count_path(path, len);
+                return H::PASS;
+            }
+            Action::Reject(_) if !H::CAN_REJECT => {
+                return counted(Reason::RejectDropped, len, H::DROP)
+            }
+            Action::Reject(reason) => match hook.reject(&h) {
+                Some(v) => return counted(reason, len, v),
+                None => return counted(Reason::AbortRewrite, len, H::DROP),
             },
-            (reason, Action::Rewrite(nat)) => match hook.rewrite(&h, &nat) {
-                Some(partial) => (reason, hook.forward(&h, &nat, partial)),
-                None => (Reason::AbortRewrite, H::DROP),
+            Action::Rewrite(reason, nat, route) => match hook.rewrite(&h, &nat) {
+                Some(()) => return counted(reason, len, hook.send(&h, &route)),
+                None => return counted(Reason::AbortRewrite, len, H::DROP),
             },
         },
     };
+    // Passed untouched: counted here unless the program behind counts it.
+    if !H::ACCELERATOR {
+        count_verdict(reason, len);
+    }
+    verdict
+}
+
+/// Counts a packet of `len` bytes under `reason` and returns `verdict`.
+#[inline(always)]
+fn counted<V>(reason: Reason, len: u64, verdict: V) -> V {
     count_verdict(reason, len);
     verdict
 }
 
+/// The route of a packet rewritten by `nat`, or else the [`Action::Leave`] to return.
+macro_rules! route_or_leave {
+    ($hook:expr, $h:expr, $nat:expr) => {
+        match $hook.route($h, $nat) {
+            Ok(route) => route,
+            Err(path) => return Action::Leave(path),
+        }
+    };
+}
+
 /// Decides what happens to an IPv4 TCP/UDP packet of `len` bytes arriving on `hook`.
 #[inline(always)]
-pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> (Reason, Action) {
+pub fn decide<H: Hook>(hook: &H, h: &Headers, len: u64) -> Action<H::Route> {
     if let Some(fe) = lookup_frontend::<H>(h) {
         return to_frontend(hook, h, len, &fe);
     }
-    if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_REPLY)) {
-        let now = conntrack::now();
-        // SAFETY: `e` points to a live LRU hash value; read as plain integers.
-        let entry = unsafe { *e };
-        if conntrack::is_live(&entry, h.proto, now) {
-            conntrack::touch(e, h.tcp_flags, now);
-            let mut nat = Nat::snat(entry.nat_addr_be, entry.nat_port_be);
-            if entry.flags & CT_F_SNAT != 0 {
-                nat = nat.with_dst(entry.rev_addr_be, entry.rev_port_be);
-            }
-            return (Reason::RevNat, Action::Rewrite(nat));
-        }
-    }
-    (Reason::PassNoService, Action::Pass)
+    reply(hook, h)
 }
 
 /// The frontend a packet is addressed to: the entry of its destination address, port and
@@ -111,11 +131,31 @@ fn lookup_frontend<H: Hook>(h: &Headers) -> Option<Frontend> {
     Some(fe)
 }
 
+/// A packet to no frontend: the reply of a tracked flow is reverse-NATed, anything else passes.
 #[inline(always)]
-fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reason, Action) {
+fn reply<H: Hook>(hook: &H, h: &Headers) -> Action<H::Route> {
+    if let Some(e) = LB_CT.get_ptr_mut(conntrack::key_of(h, CT_DIR_REPLY)) {
+        let now = conntrack::now();
+        // SAFETY: `e` points to a live LRU hash value; read as plain integers.
+        let entry = unsafe { *e };
+        if conntrack::is_live(&entry, h.proto, now) {
+            let mut nat = Nat::snat(entry.nat_addr_be, entry.nat_port_be);
+            if entry.flags & CT_F_SNAT != 0 {
+                nat = nat.with_dst(entry.rev_addr_be, entry.rev_port_be);
+            }
+            let route = route_or_leave!(hook, h, &nat);
+            conntrack::touch(e, h.tcp_flags, now);
+            return Action::Rewrite(Reason::RevNat, nat, route);
+        }
+    }
+    Action::Pass(Reason::PassNoService)
+}
+
+#[inline(always)]
+fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> Action<H::Route> {
     if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed(fe.id, h.saddr) {
         count_frontend(fe.id, len, false);
-        return (Reason::DropSourceRange, Action::Drop);
+        return Action::Drop(Reason::DropSourceRange);
     }
     let now = conntrack::now();
     let is_syn = h.proto == PROTO_TCP && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -134,65 +174,110 @@ fn to_frontend<H: Hook>(hook: &H, h: &Headers, len: u64, fe: &Frontend) -> (Reas
                     b.addr_be == entry.nat_addr_be && b.port_be == entry.nat_port_be
                 });
             if keep {
-                if conntrack::touch(e, h.tcp_flags, now) {
-                    conntrack::refresh_reply(h, &entry, now);
-                }
-                count_frontend(fe.id, len, false);
                 let mut nat = Nat::dnat(entry.nat_addr_be, entry.nat_port_be);
                 if entry.flags & CT_F_SNAT != 0 {
                     nat = nat.with_src(entry.rev_addr_be, entry.rev_port_be);
                 }
-                return (Reason::DnatEstablished, Action::Rewrite(nat));
+                let route = route_or_leave!(hook, h, &nat);
+                if conntrack::touch(e, h.tcp_flags, now) {
+                    conntrack::refresh_reply(h, &entry, now);
+                }
+                count_frontend(fe.id, len, false);
+                return Action::Rewrite(Reason::DnatEstablished, nat, route);
             }
         }
     }
     if fe.slot_count == 0 {
         count_frontend(fe.id, len, false);
         return if fe.flags & FE_F_REJECT_EMPTY != 0 {
-            (Reason::RejectNoBackend, Action::Reject)
+            Action::Reject(Reason::RejectNoBackend)
         } else {
-            (Reason::DropNoBackend, Action::Drop)
+            Action::Drop(Reason::DropNoBackend)
         };
     }
-    let Some((backend_id, b)) = choose(h, fe, now) else {
+    let Some(choice) = choose(h, fe, now) else {
         count_frontend(fe.id, len, false);
-        return (Reason::DropNoSlot, Action::Drop);
+        return Action::Drop(Reason::DropNoSlot);
     };
-    count_frontend(fe.id, len, true);
-    let flow = NewFlow {
-        h,
-        frontend_id: fe.id,
-        backend_id,
-        backend: &b,
-        now,
-    };
+    let b = choice.backend;
     let dnat = Nat::dnat(b.addr_be, b.port_be);
-    if b.addr_be == h.saddr {
+    if !H::NODE_DEVICE && b.addr_be == h.saddr {
         // Hairpin: a pod balanced to itself. From its own address the reply would never leave
         // the pod; from the hairpin address it comes back through this program.
         let hairpin = u32::from_ne_bytes(HAIRPIN_ADDR);
+        let nat = dnat.with_src(hairpin, h.sport);
+        let route = route_or_leave!(hook, h, &nat);
+        let flow = new_flow(h, fe, &choice, len, now);
         let reason = if flow.create_with_src(hairpin, h.sport) {
             Reason::DnatNew
         } else {
             Reason::DnatNewUntracked
         };
-        return (reason, Action::Rewrite(dnat.with_src(hairpin, h.sport)));
+        return Action::Rewrite(reason, nat, route);
     }
-    // The source the flow takes: a node address when the backend is behind another node (its
-    // reply must come back through this node), else the client's own unless the backend already
-    // talks to that client address and port for another flow (then a remapped port).
-    let (snat_addr, reason) = match hook.snat_source(h, b.addr_be) {
+    // From a node device, a flow to a backend on another node takes this node's address on
+    // the route to the backend, so the backend's reply comes back here to be reverse-NATed
+    // (and so does one whose client is the backend itself). Pod traffic keeps its source.
+    let snat = if H::NODE_DEVICE && (b.flags & BE_F_LOCAL == 0 || b.addr_be == h.saddr) {
+        hook.snat_source(h, b.addr_be)
+    } else {
+        None
+    };
+    // The port is chosen below, once the packet is known to be this hook's: the route does
+    // not depend on it.
+    let provisional = match snat {
+        Some(addr) => dnat.with_src(addr, h.sport),
+        None => dnat,
+    };
+    let route = route_or_leave!(hook, h, &provisional);
+    let flow = new_flow(h, fe, &choice, len, now);
+    // The source the flow takes: the SNAT address, else the client's own unless the backend
+    // already talks to that client address and port for another flow (then a remapped port).
+    let (snat_addr, reason) = match snat {
         Some(addr) => (addr, Reason::DnatNew),
         None => match flow.create_plain() {
-            Created::Tracked => return (Reason::DnatNew, Action::Rewrite(dnat)),
-            Created::Untracked => return (Reason::DnatNewUntracked, Action::Rewrite(dnat)),
+            Created::Tracked => return Action::Rewrite(Reason::DnatNew, dnat, route),
+            Created::Untracked => return Action::Rewrite(Reason::DnatNewUntracked, dnat, route),
             Created::Clash => (h.saddr, Reason::DnatNewPortRemap),
         },
     };
-    let hash = flow_hash(h.saddr, h.daddr, h.sport, h.dport, h.proto);
-    match flow.create_snat(snat_addr, hash) {
-        Some(port) => (reason, Action::Rewrite(dnat.with_src(snat_addr, port))),
-        None => (Reason::DropSnatExhausted, Action::Drop),
+    match flow.create_snat(snat_addr, choice.hash) {
+        Some(port) => Action::Rewrite(reason, dnat.with_src(snat_addr, port), route),
+        None => Action::Drop(Reason::DropSnatExhausted),
+    }
+}
+
+/// Commits to a new flow once its packet is known to be this hook's: the client's affinity
+/// (with a timeout), the frontend's new-flow count; returns the flow, whose conntrack entries
+/// the caller creates.
+#[inline(always)]
+fn new_flow<'a>(
+    h: &'a Headers,
+    fe: &Frontend,
+    choice: &'a Choice,
+    len: u64,
+    now: u64,
+) -> NewFlow<'a> {
+    if fe.affinity_timeout_s != 0 {
+        let akey = AffinityKey {
+            frontend_id: fe.id,
+            client_addr_be: h.saddr,
+        };
+        let aff = Affinity {
+            last_seen_ns: now,
+            backend_id: choice.backend_id,
+            _pad: 0,
+        };
+        // Without an entry the client merely loses its affinity: nothing to count.
+        let _ = LB_AFFINITY.insert(akey, aff, BPF_ANY as u64);
+    }
+    count_frontend(fe.id, len, true);
+    NewFlow {
+        h,
+        frontend_id: fe.id,
+        backend_id: choice.backend_id,
+        backend: &choice.backend,
+        now,
     }
 }
 
@@ -217,44 +302,48 @@ fn backend_of(fe_id: u32, id: u32) -> Option<Backend> {
     (b.frontend_id == fe_id).then_some(*b)
 }
 
+/// The backend chosen for a new flow, and the flow's hash.
+struct Choice {
+    backend_id: u32,
+    backend: Backend,
+    hash: u32,
+}
+
 /// Chooses the backend of a new flow: the client's affinity while it lasts, else the slot of
-/// the flow's hash (which then becomes the client's affinity).
+/// the flow's hash. Writes nothing: [`new_flow`] records the choice as the client's affinity
+/// once the packet is the hook's to send.
 #[inline(always)]
-fn choose(h: &Headers, fe: &Frontend, now: u64) -> Option<(u32, Backend)> {
-    let akey = AffinityKey {
-        frontend_id: fe.id,
-        client_addr_be: h.saddr,
-    };
+fn choose(h: &Headers, fe: &Frontend, now: u64) -> Option<Choice> {
+    let hash = flow_hash(h.saddr, h.daddr, h.sport, h.dport, h.proto);
     let timeout_ns = fe.affinity_timeout_s as u64 * 1_000_000_000;
     if timeout_ns != 0 {
-        if let Some(a) = LB_AFFINITY.get_ptr_mut(akey) {
-            // SAFETY: `a` points to a live LRU hash value of plain integers.
-            let aff = unsafe { *a };
+        let akey = AffinityKey {
+            frontend_id: fe.id,
+            client_addr_be: h.saddr,
+        };
+        // SAFETY: copied out at once.
+        if let Some(aff) = unsafe { LB_AFFINITY.get(akey) }.copied() {
             if now.saturating_sub(aff.last_seen_ns) <= timeout_ns {
-                if let Some(b) = backend_of(fe.id, aff.backend_id) {
-                    // SAFETY: as above; a racing write of the same field is benign.
-                    unsafe { (*a).last_seen_ns = now };
-                    return Some((aff.backend_id, b));
+                if let Some(backend) = backend_of(fe.id, aff.backend_id) {
+                    return Some(Choice {
+                        backend_id: aff.backend_id,
+                        backend,
+                        hash,
+                    });
                 }
             }
         }
     }
-    let hash = flow_hash(h.saddr, h.daddr, h.sport, h.dport, h.proto);
     let skey = SlotKey {
         frontend_id: fe.id,
         slot: slot_of(hash, fe.slot_count),
     };
     // SAFETY: copied out at once.
     let backend_id = unsafe { LB_SLOTS.get(skey) }?.backend_id;
-    let b = backend_of(fe.id, backend_id)?;
-    if timeout_ns != 0 {
-        let aff = Affinity {
-            last_seen_ns: now,
-            backend_id,
-            _pad: 0,
-        };
-        // Without an entry the client merely loses its affinity: nothing to count.
-        let _ = LB_AFFINITY.insert(akey, aff, BPF_ANY as u64);
-    }
-    Some((backend_id, b))
+    let backend = backend_of(fe.id, backend_id)?;
+    Some(Choice {
+        backend_id,
+        backend,
+        hash,
+    })
 }

@@ -19,32 +19,25 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::{
-    tc::Tc,
-    xdp::{at, Xdp},
-};
+use crate::{tc::Tc, xdp::Xdp};
 
-/// XDP on node devices that are NICs: packets from the wire, full checksums.
+/// XDP on node devices (`--lb-acceleration`): the accelerator in front of `lb_tc_nic`, which
+/// finishes what it can send back out of the device (XDP_TX) and leaves the rest untouched.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    lb::run(&Xdp::<{ at::NIC }>(&ctx))
-}
-
-/// XDP on node devices that are veths (nodes in containers): packets may carry seeds.
-#[xdp]
-pub fn lb_xdp_veth(ctx: XdpContext) -> u32 {
-    lb::run(&Xdp::<{ at::VETH_NIC }>(&ctx))
+    lb::run(&Xdp::<{ xdp::at::NIC }>(&ctx))
 }
 
 /// XDP on the host side of pod interfaces (`--pod-hook xdp`): may see CHECKSUM_PARTIAL seeds.
 #[xdp]
 pub fn lb_xdp_pod(ctx: XdpContext) -> u32 {
-    lb::run(&Xdp::<{ at::POD }>(&ctx))
+    lb::run(&Xdp::<{ xdp::at::POD }>(&ctx))
 }
 
-/// Passes every packet: the floor the benchmarks compare against, and what the test topology
-/// attaches to the far side of a veth that plays a wire, so XDP_TX into that veth is received
-/// (a veth only receives XDP frames when its peer runs NAPI, which an XDP program turns on).
+/// Passes every packet: the floor the benchmarks compare against, and what the one test
+/// topology with XDP on the wire attaches to the far side of a veth that plays a wire, so XDP_TX
+/// into that veth is received (a veth only receives XDP frames when its peer runs NAPI, which an
+/// XDP program turns on).
 #[xdp]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS
@@ -80,7 +73,14 @@ pub fn lb_lookup1(ctx: XdpContext) -> u32 {
 /// tcx ingress on the host side of pod interfaces (the default pod hook).
 #[classifier]
 pub fn lb_tc(ctx: TcContext) -> i32 {
-    lb::run(&Tc(&ctx))
+    lb::run(&Tc::<{ tc::at::POD }>(&ctx))
+}
+
+/// tcx ingress on node devices: the complete path for traffic from outside and from other
+/// nodes, whatever the device's peer runs.
+#[classifier]
+pub fn lb_tc_nic(ctx: TcContext) -> i32 {
+    lb::run(&Tc::<{ tc::at::NIC }>(&ctx))
 }
 
 #[cfg(not(test))]

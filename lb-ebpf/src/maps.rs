@@ -47,7 +47,7 @@ pub static LB_FE_STATS: PerCpuArray<FrontendStats, { DEFAULT_MAX_FRONTENDS as us
 pub static LB_AFFINITY: LruHashMap<AffinityKey, Affinity, { DEFAULT_MAX_AFFINITY as usize }> =
     LruHashMap::new();
 
-/// Packets and bytes per path out of XDP on node devices (lb_common::verdict::Path), per CPU.
+/// Packets and bytes per path rewritten packets took (lb_common::verdict::Path), per CPU.
 #[btf_map]
 pub static LB_PATHS: PerCpuArray<Counter, { PATH_COUNT as usize }> = PerCpuArray::new();
 

@@ -31,7 +31,7 @@ pub fn count_frontend(id: u32, len: u64, new_flow: bool) {
     }
 }
 
-/// Counts one packet of `len` bytes leaving XDP on a node device by `path`.
+/// Counts one packet of `len` bytes leaving by `path`.
 #[inline(always)]
 pub fn count_path(path: Path, len: u64) {
     if let Some(c) = LB_PATHS.get_ptr_mut(path as u32) {

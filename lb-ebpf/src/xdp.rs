@@ -1,13 +1,18 @@
 //! The XDP hook: how an XDP program reads, rewrites, forwards and rejects a packet.
 //!
 //! XDP writes the packet directly and fixes checksums with RFC 1624 arithmetic. It cannot see
-//! `skb->ip_summed`, so on pod interfaces (`lb_xdp_pod`), where packets from local sockets carry
+//! `skb->ip_summed`: on pod interfaces (`lb_xdp_pod`), where packets from local sockets carry
 //! only the pseudo-header seed (CHECKSUM_PARTIAL), it recognises a seed by value and updates it
-//! as a seed. On node devices it forwards what the FIB sends back out of the same device itself
-//! (XDP_TX).
+//! as a seed, and hands every rewritten packet to the stack.
+//!
+//! On node devices (`lb_xdp`) XDP is an accelerator in front of the tc program (`lb_tc_nic`):
+//! it finishes only what it can send itself, back out of the device it came in on (XDP_TX:
+//! the FIB says so, and the packet carries no seed, which XDP_TX would hand on as a full
+//! checksum), and the reject. Everything else it leaves untouched, before writing any state,
+//! for tc to decide (`Path::XdpPassTc`, `Path::XdpPassPartial`).
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC},
+    bindings::xdp_action,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
@@ -23,33 +28,38 @@ use crate::{
 
 /// Where an XDP program is attached.
 pub mod at {
-    /// A node device that is a physical NIC: every packet carries a full checksum.
+    /// A node device: the accelerator in front of tc.
     pub const NIC: u8 = 0;
-    /// A node device that is a veth (nodes in containers, the test topology): packets may
-    /// carry CHECKSUM_PARTIAL seeds, which XDP_TX would strip of their `ip_summed`, so such
-    /// packets go to the stack after the rewrite.
-    pub const VETH_NIC: u8 = 1;
     /// The host side of a pod's veth: seeds, and XDP_TX cannot reach the pod.
-    pub const POD: u8 = 2;
+    pub const POD: u8 = 1;
 }
 
 /// XDP, attached at `AT` (one of [`at`]).
 pub struct Xdp<'a, const AT: u8>(pub &'a XdpContext);
 
+/// Where an accelerated packet goes: back out of its device, to these MACs (for pod hooks,
+/// unused: the stack).
+#[derive(Clone, Copy)]
+pub struct Route {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+}
+
 impl<const AT: u8> Xdp<'_, AT> {
     const POD: bool = AT == at::POD;
-    /// Packets may carry CHECKSUM_PARTIAL seeds, recognised by value.
-    const SEEDS: bool = AT != at::NIC;
 }
 
 impl<const AT: u8> Hook for Xdp<'_, AT> {
     type Verdict = u32;
+    type Route = Route;
     const PASS: u32 = xdp_action::XDP_PASS;
     const DROP: u32 = xdp_action::XDP_DROP;
+    const NODE_DEVICE: bool = !Self::POD;
+    const ACCELERATOR: bool = !Self::POD;
     /// XDP_TX on the host side of a veth goes nowhere unless the pod's side runs NAPI (XDP or
     /// GRO there), which a pod's interface does not by default: pod hooks drop instead.
-    const CAN_REJECT: bool = AT != at::POD;
-    const FROM_PODS: bool = AT == at::POD;
+    const CAN_REJECT: bool = !Self::POD;
+    const FROM_PODS: bool = Self::POD;
 
     #[inline(always)]
     fn start(&self) -> usize {
@@ -66,8 +76,24 @@ impl<const AT: u8> Hook for Xdp<'_, AT> {
         (self.0.data_end() - self.0.data()) as u64
     }
 
+    /// Pod hooks: the stack. Node devices: XDP_TX when the FIB sends the rewritten packet back
+    /// out of the device it came in on and it carries no seed; else left to tc.
     #[inline(always)]
-    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<bool> {
+    fn route(&self, h: &Headers, nat: &Nat) -> Result<Route, Path> {
+        if Self::POD {
+            return Ok(Route {
+                dmac: [0; 6],
+                smac: [0; 6],
+            });
+        }
+        if self.carries_seed(h) {
+            return Err(Path::XdpPassPartial);
+        }
+        self.fib_route(h, nat).ok_or(Path::XdpPassTc)
+    }
+
+    #[inline(always)]
+    fn rewrite(&self, h: &Headers, nat: &Nat) -> Option<()> {
         // Every access below goes through these pointers, checked against one load of the
         // packet bounds, so the verifier sees each write covered.
         let (s, e) = (self.start(), self.end());
@@ -78,10 +104,11 @@ impl<const AT: u8> Hook for Xdp<'_, AT> {
         let (ip, ports, check) = unsafe { (&mut *ip, &mut *ports, &mut *check) };
         let orig = u16::from_ne_bytes(*check);
         let seed = csum::pseudo_header_seed(h.saddr, h.daddr, h.proto, h.l4_len);
+        // Node devices route no seed here (see `route`).
         let mut sums = Sums {
             ip: u16::from_ne_bytes([ip[10], ip[11]]),
             l4: orig,
-            partial: Self::SEEDS && orig == seed,
+            partial: Self::POD && orig == seed,
             no_l4: h.proto == PROTO_UDP && orig == 0,
         };
         if nat.dst {
@@ -101,46 +128,47 @@ impl<const AT: u8> Hook for Xdp<'_, AT> {
         }
         ip[10..12].copy_from_slice(&sums.ip.to_ne_bytes());
         *check = sums.l4.to_ne_bytes();
-        Some(sums.partial)
+        Some(())
     }
 
-    /// On node devices: a backend whose route leaves by the device the packet came in on is
-    /// behind another node; the flow then takes the address the route would use as source.
+    /// Node devices: the FIB's MACs and TTL - 1, then XDP_TX. Pod hooks: the stack.
+    #[inline(always)]
+    fn send(&self, h: &Headers, route: &Route) -> u32 {
+        if Self::POD {
+            return xdp_action::XDP_PASS;
+        }
+        let (s, e) = (self.start(), self.end());
+        let (Some(eth), Some(ttl_proto), Some(ip_check)) = (
+            ptr_at::<[u8; 12]>(s, e, 0),
+            ptr_at::<[u8; 2]>(s, e, h.l3_off + 8),
+            ptr_at::<u16>(s, e, h.l3_off + 10),
+        ) else {
+            // Checked by `route` on the same packet: cannot happen.
+            return xdp_action::XDP_DROP;
+        };
+        // SAFETY: bounds-checked by ptr_at just above.
+        unsafe {
+            let old = *ttl_proto;
+            let new = [old[0].wrapping_sub(1), old[1]];
+            *ttl_proto = new;
+            let c = core::ptr::read_unaligned(ip_check);
+            let c = csum::replace2(c, u16::from_ne_bytes(old), u16::from_ne_bytes(new));
+            core::ptr::write_unaligned(ip_check, c);
+            let eth = &mut *eth;
+            eth[0..6].copy_from_slice(&route.dmac);
+            eth[6..12].copy_from_slice(&route.smac);
+        }
+        count_path(Path::XdpTx, self.len());
+        xdp_action::XDP_TX
+    }
+
+    /// On node devices: this node's address on the route to the backend.
     #[inline(always)]
     fn snat_source(&self, h: &Headers, backend_addr: u32) -> Option<u32> {
         if Self::POD {
             return None;
         }
-        let ingress = self.0.ingress_ifindex() as u32;
-        let mut p = fib::params(h.proto, h.sport, h.dport, 0, backend_addr, ingress, 0);
-        let flags = BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH;
-        if !fib::lookup(self.0, &mut p, flags).found() || p.ifindex != ingress {
-            return None;
-        }
-        Some(fib::source(&p))
-    }
-
-    /// On node devices: a packet routed back out of the device it came in on is sent from
-    /// XDP (XDP_TX) with the FIB's MAC addresses and TTL decremented; anything else goes to
-    /// the stack. Pod hooks always pass.
-    #[inline(always)]
-    fn forward(&self, h: &Headers, nat: &Nat, partial: bool) -> u32 {
-        if Self::POD {
-            return xdp_action::XDP_PASS;
-        }
-        // XDP_TX would hand the frame on without its CHECKSUM_PARTIAL mark, and the receiver
-        // would then check the seed as a full checksum: the stack forwards such packets.
-        let path = if partial {
-            Path::PassPartial
-        } else {
-            self.fib_forward(h, nat)
-        };
-        count_path(path, self.len());
-        if path == Path::Tx {
-            xdp_action::XDP_TX
-        } else {
-            xdp_action::XDP_PASS
-        }
+        fib::source_for(self.0, h, backend_addr, self.0.ingress_ifindex() as u32)
     }
 
     #[inline(always)]
@@ -196,10 +224,24 @@ impl Sums {
 }
 
 impl<const AT: u8> Xdp<'_, AT> {
-    /// Looks up the rewritten packet's next hop; on success out of the ingress device,
-    /// rewrites the MACs and TTL for XDP_TX.
+    /// Whether the packet's L4 checksum field holds its own pseudo-header seed: a
+    /// CHECKSUM_PARTIAL packet from a local socket (on a veth node device), or, once in 65,536,
+    /// a full checksum of that value (tc then handles it, exactly).
     #[inline(always)]
-    fn fib_forward(&self, h: &Headers, nat: &Nat) -> Path {
+    fn carries_seed(&self, h: &Headers) -> bool {
+        let Some(check) = ptr_at::<[u8; 2]>(self.start(), self.end(), h.l4_csum_off()) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by ptr_at just above.
+        let orig = u16::from_ne_bytes(unsafe { *check });
+        let no_l4 = h.proto == PROTO_UDP && orig == 0;
+        !no_l4 && orig == csum::pseudo_header_seed(h.saddr, h.daddr, h.proto, h.l4_len)
+    }
+
+    /// The route of the rewritten packet if it leaves back out of the ingress device with a
+    /// known next hop and TTL to spare: the MACs to write for XDP_TX.
+    #[inline(always)]
+    fn fib_route(&self, h: &Headers, nat: &Nat) -> Option<Route> {
         let (saddr, sport) = if nat.src {
             (nat.src_addr, nat.src_port)
         } else {
@@ -213,42 +255,18 @@ impl<const AT: u8> Xdp<'_, AT> {
         let ingress = self.0.ingress_ifindex() as u32;
         let tot_len = h.l4_len + (h.l4_off - h.l3_off) as u16;
         let mut p = fib::params(h.proto, sport, dport, saddr, daddr, ingress, tot_len);
-        let r = fib::lookup(self.0, &mut p, 0);
-        let (found, no_neigh) = (r.found(), r.no_neigh());
-        if (found || no_neigh) && p.ifindex != ingress {
-            // Another interface of this node (a pod): the stack delivers it.
-            return Path::PassLocal;
+        if !fib::lookup(self.0, &mut p, 0).found() || p.ifindex != ingress {
+            return None;
         }
-        if no_neigh {
-            return Path::PassNoNeigh;
-        }
-        if !found {
-            return Path::PassFib;
-        }
-        let (s, e) = (self.start(), self.end());
-        let (Some(eth), Some(ttl_proto), Some(ip_check)) = (
-            ptr_at::<[u8; 12]>(s, e, 0),
-            ptr_at::<[u8; 2]>(s, e, h.l3_off + 8),
-            ptr_at::<u16>(s, e, h.l3_off + 10),
-        ) else {
-            return Path::PassFib;
-        };
+        let ttl = ptr_at::<u8>(self.start(), self.end(), h.l3_off + 8)?;
         // SAFETY: bounds-checked by ptr_at just above.
-        unsafe {
-            let old = *ttl_proto;
-            if old[0] <= 1 {
-                // The stack answers with time exceeded.
-                return Path::PassFib;
-            }
-            let new = [old[0] - 1, old[1]];
-            *ttl_proto = new;
-            let c = core::ptr::read_unaligned(ip_check);
-            let c = csum::replace2(c, u16::from_ne_bytes(old), u16::from_ne_bytes(new));
-            core::ptr::write_unaligned(ip_check, c);
-            let eth = &mut *eth;
-            eth[0..6].copy_from_slice(&p.dmac);
-            eth[6..12].copy_from_slice(&p.smac);
+        if unsafe { *ttl } <= 1 {
+            // tc hands it to the stack, which answers with time exceeded.
+            return None;
         }
-        Path::Tx
+        Some(Route {
+            dmac: p.dmac,
+            smac: p.smac,
+        })
     }
 }

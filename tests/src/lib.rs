@@ -11,7 +11,8 @@
 //! The agent: [`AgentRun`] is the one launcher of `lb-agent run` ([`agent`] also runs `inspect`
 //! and `cleanup`); [`objects`] builds the Kubernetes objects it reads, from a
 //! [`manifests::ManifestDir`] or a [`fakeapi::FakeApi`]; [`Lab`] puts a node, pods, servers, a
-//! bpffs, a source and agents together for the one-node tests.
+//! bpffs, a source and agents together for the one-node tests, [`ClusterLab`] one agent per node
+//! of a [`Cluster`].
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -33,9 +34,11 @@
 pub mod agent;
 pub mod bpffs;
 pub mod capture;
+pub mod cluster_lab;
 pub mod cmd;
 pub mod fakeapi;
 pub mod inspect;
+pub mod kube_rules;
 pub mod lab;
 pub mod manifests;
 pub mod names;
@@ -50,6 +53,7 @@ pub mod traffic;
 
 pub use agent::{AgentRun, PodHook};
 pub use bpffs::BpffsGuard;
+pub use cluster_lab::{ClusterLab, Wire};
 pub use lab::Lab;
 pub use netns::{LinkStats, NetNs};
 pub use paths::{ebpf_object, find_agent_bin, workspace_root};

@@ -296,7 +296,9 @@ impl Cluster {
     ///
     /// A veth receives what its peer transmits with XDP_TX only when it runs NAPI, which an XDP
     /// program turns on; a real NIC's link partner needs nothing. Without this, a node's XDP_TX
-    /// into its NIC (a veth here) would be lost.
+    /// into its NIC (a veth here) would be lost. By default nothing is attached (as on kind or
+    /// docker nodes, whose bridge ports run nothing); the one topology that covers XDP_TX
+    /// calls this (see [`crate::ClusterLab`]).
     pub fn attach_wire_xdp(&self, object: &Path, bpffs: &BpffsGuard) -> Result<()> {
         let progs = bpffs.path().join("wire");
         let out = Command::new("bpftool")

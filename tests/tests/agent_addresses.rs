@@ -4,8 +4,9 @@
 //! Local short-circuit for pods (a pod reaches an eTP=Local NodePort or load-balancer IP whose
 //! endpoints are all on the other node, which the same traffic from outside cannot).
 //!
-//! Topology (lb_tests::Cluster): node-0 and node-1 with NICs `eth0` (172.18.0.10 and .11, the
-//! Node objects' InternalIPs) on a fabric bridge with the external client (172.18.0.100). Pods:
+//! Topology (lb_tests::Cluster, nothing on the fabric's side of the wires): node-0 and node-1 with
+//! NICs `eth0` (172.18.0.10 and .11, the Node objects' InternalIPs) on a fabric bridge with the
+//! external client (172.18.0.100). Pods:
 //! c0 (client) and a1 on node-0, b1 on node-1, each backend with TCP 8080 and UDP 5353 servers.
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 
 use anyhow::Result;
 use lb_tests::{
-    agent, ebpf_object,
+    agent,
     inspect::{devices, nodeport_addresses, verdict},
     manifests::ManifestDir,
     objects::{node, ready, tcp_port, to_yaml, udp_port, Service},
@@ -70,7 +71,6 @@ struct Lab {
     cluster: Cluster,
     _servers: Vec<(TcpServer, UdpServer)>,
     bpffs: Vec<BpffsGuard>,
-    _wire: BpffsGuard,
     _manifests: ManifestDir,
 }
 
@@ -87,9 +87,7 @@ impl Lab {
             let p = cluster.node(node).pod(pod);
             servers.push((p.tcp_server(8080).unwrap(), p.udp_server(5353).unwrap()));
         }
-        // The fabric's ports play the wire, receiving what the nodes' XDP sends (XDP_TX).
-        let wire = BpffsGuard::new(&format!("{tag}-wire")).unwrap();
-        cluster.attach_wire_xdp(&ebpf_object(), &wire).unwrap();
+        // Nothing on the fabric's side of the wires (kind-like nodes): tc alone on the NICs.
         let manifests = ManifestDir::new(tag).unwrap();
         write_manifests(&manifests).unwrap();
         prepare(&cluster);
@@ -113,7 +111,6 @@ impl Lab {
             cluster,
             _servers: servers,
             bpffs,
-            _wire: wire,
             _manifests: manifests,
         }
     }

@@ -190,7 +190,9 @@ pub fn demo(opts: &DemoOpts) -> Result<()> {
     println!("\nDemo done: namespaces, pins and the bpffs mounts are removed on exit.");
     Ok(())
 }
-/// Part two: two nodes and an external client; NodePort traffic from outside on the NICs' XDP.
+/// Part two: two nodes and an external client; NodePort traffic from outside on the node
+/// devices' tc program (the nodes' NICs are veths on a bridge: no XDP under the default
+/// best-effort acceleration).
 fn two_nodes(opts: &DemoOpts) -> Result<()> {
     title("Two nodes: node-0 (web-1) and node-1 (web-2, web-3) on a fabric bridge, an external client 172.18.0.100");
     let mut cluster = Cluster::new("demo2", 2)?;
@@ -201,9 +203,6 @@ fn two_nodes(opts: &DemoOpts) -> Result<()> {
     for (node, pod) in [(0, "web-1"), (1, "web-2"), (1, "web-3")] {
         servers.push(cluster.node(node).pod(pod).tcp_server(8080)?);
     }
-    // The fabric's ports play the wire for XDP_TX (see lb_tests::Cluster::attach_wire_xdp).
-    let wire = BpffsGuard::new("demo2-wire")?;
-    cluster.attach_wire_xdp(&build::ebpf_object(), &wire)?;
     let manifests = root().join("examples/two-nodes");
     let mut agents = Vec::new();
     let mut pins = Vec::new();
@@ -247,7 +246,7 @@ fn two_nodes(opts: &DemoOpts) -> Result<()> {
         println!("  {backend} saw the client as {addr} ({why})");
     }
 
-    title("A NodePort without endpoints: rejected from XDP (ICMP port unreachable)");
+    title("A NodePort without endpoints: rejected by tc on node-0's eth0 (ICMP port unreachable)");
     let started = Instant::now();
     let refused = client.tcp("172.18.0.10:30081".parse()?, "hello");
     println!(
@@ -265,8 +264,9 @@ fn two_nodes(opts: &DemoOpts) -> Result<()> {
         println!("{line}");
     }
     println!(
-        "  (pass_partial: these veths carry CHECKSUM_PARTIAL packets, which XDP hands to the\n   \
-         stack after rewriting them; from a real NIC they leave by xdp_tx)"
+        "  (tc_redirect: tc sent every packet it rewrote out of the device its route names, the\n   \
+         stack never saw them; xdp_*: these NICs are veths, which get no XDP under the default\n   \
+         --lb-acceleration best-effort)"
     );
     let failed = s.failures > 0 || s.counts.len() != 3 || refused.is_ok();
     for (i, (mut a, fs)) in agents.into_iter().zip(&pins).enumerate() {

@@ -2,7 +2,7 @@
 //! removing everything an agent pinned (`lb-agent cleanup`).
 
 use std::{
-    collections::BTreeMap,
+    collections::BTreeSet,
     ffi::CString,
     path::{Path, PathBuf},
 };
@@ -11,7 +11,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
     xdp::XdpLink,
-    LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
 };
 use lb_common::maps::ALL_MAPS;
 use tracing::{info, warn};
@@ -47,7 +47,9 @@ impl Dataplane {
     }
 
     /// Attaches `hook` to `ifname` with a pinned link. A link pinned by an earlier agent for the
-    /// same interface gets the new program atomically (no packet sees no program).
+    /// same interface gets the new program atomically (no packet sees no program). XDP on node
+    /// devices is attached in native (driver) mode only: generic XDP would not accelerate
+    /// anything; XDP on pod interfaces in whatever mode the driver offers.
     pub fn attach(&mut self, hook: HookKind, ifname: &str) -> Result<()> {
         let idx = ifindex(ifname).ok_or_else(|| DataplaneError::NoInterface(ifname.into()))?;
         let pin = self.link_pin(hook, ifname, idx);
@@ -63,8 +65,12 @@ impl Dataplane {
         };
         let replaced = old.is_some();
         let new_link: FdLink = match hook {
-            HookKind::Xdp | HookKind::XdpVeth | HookKind::XdpPod => {
-                let mode = self.xdp_mode;
+            HookKind::Xdp | HookKind::XdpPod => {
+                let mode = if hook == HookKind::Xdp {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Default
+                };
                 let prog: &mut Xdp = program(&mut self.ebpf, hook.program())?;
                 let id = match old {
                     Some(fd) => {
@@ -79,7 +85,7 @@ impl Dataplane {
                 let link = prog.take_link(id).map_err(|e| attach_err(e.into()))?;
                 FdLink::try_from(link).map_err(|e| attach_err(e.into()))?
             }
-            HookKind::Tc => {
+            HookKind::Tc | HookKind::TcNic => {
                 let prog: &mut SchedClassifier = program(&mut self.ebpf, hook.program())?;
                 let id = match old {
                     Some(fd) => {
@@ -106,7 +112,7 @@ impl Dataplane {
         } else {
             new_link.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
         }
-        if matches!(hook, HookKind::Xdp | HookKind::XdpVeth | HookKind::XdpPod) {
+        if hook == HookKind::XdpPod {
             accept_local(ifname);
         }
         info!(
@@ -121,9 +127,9 @@ impl Dataplane {
     }
 
     /// Removes link pins whose interface is gone or was recreated (another ifindex), or whose
-    /// hook is not the one `wanted` names for the interface any more, and forgets them.
+    /// hook is not one `wanted` names for the interface any more, and forgets them.
     /// Returns the pins removed.
-    pub fn prune_links(&mut self, wanted: &BTreeMap<String, HookKind>) -> Vec<LinkPin> {
+    pub fn prune_links(&mut self, wanted: &BTreeSet<(String, HookKind)>) -> Vec<LinkPin> {
         let mut removed = Vec::new();
         for link in pinned_links(&self.root) {
             let LinkPin {
@@ -133,7 +139,9 @@ impl Dataplane {
                 path,
             } = &link;
             let gone = ifindex(ifname) != Some(*idx);
-            let unwanted = wanted.get(ifname).map(|h| h.name()) != Some(hook.as_str());
+            let unwanted = !wanted
+                .iter()
+                .any(|(n, h)| n == ifname && h.name() == hook.as_str());
             if !(gone || unwanted) {
                 continue;
             }
@@ -161,10 +169,10 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
 
 /// Lets `ifname` accept packets whose source is one of this node's addresses.
 ///
-/// Flows to backends behind other nodes are SNATed to this node's address in XDP, and replies
-/// to NodePorts come from it. When XDP cannot send such a packet itself (no neighbour entry
-/// yet; on pod interfaces, always) it hands it to the stack, which would drop a packet from its
-/// own address as a martian without `accept_local`. (tc sends such replies itself.)
+/// Replies to NodePorts from a backend on this node come from this node's address. XDP on a
+/// pod interface cannot send them into the pod and hands them to the stack, which would drop a
+/// packet from its own address as a martian without `accept_local`. (tc sends every packet it
+/// rewrites itself.)
 fn accept_local(ifname: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
     if let Err(e) = std::fs::write(&path, "1") {

@@ -39,6 +39,17 @@ pub enum DataplaneError {
         found: MapLayout,
         expected: MapLayout,
     },
+    #[error(
+        "this kernel lacks {feature}, which the programs need for {used_for}: it is in Linux \
+         {since} and later (see README, Requirements)"
+    )]
+    KernelFeature {
+        feature: &'static str,
+        used_for: &'static str,
+        since: &'static str,
+    },
+    #[error("probing the kernel's BPF features")]
+    Probe(#[source] std::io::Error),
     #[error("loading the eBPF object (pinned maps under {pin_dir})")]
     Load {
         pin_dir: PathBuf,

@@ -6,7 +6,8 @@
 //! - `links/<hook>-<ifname>@<ifindex>`: one pinned link per attachment; it keeps the program
 //!   attached after the agent exits, and a restarted agent swaps its new program in atomically.
 //!
-//! Files: this one loads the programs and maps and runs programs on test packets; `object` holds
+//! Files: this one loads the programs and maps and runs programs on test packets; `probe` checks
+//! the kernel has the features the programs need, before anything is loaded; `object` holds
 //! the embedded eBPF object and checks maps pinned by an earlier build against it; `writer`
 //! applies map writes; `reader` reads the maps back (the agent's and, for `inspect`, pinned ones);
 //! `attach` attaches programs through pinned links and removes pins (`cleanup`); `host` writes and
@@ -17,6 +18,7 @@ mod attach;
 mod error;
 mod host;
 mod object;
+pub mod probe;
 mod reader;
 mod sys;
 mod writer;
@@ -27,7 +29,7 @@ use std::{
 };
 
 use aya::{
-    programs::{SchedClassifier, Xdp, XdpMode},
+    programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{
@@ -65,38 +67,53 @@ impl Default for MapSizes {
     }
 }
 
-/// Which program an interface gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+/// Which program an interface gets. A node device gets [`HookKind::TcNic`], and in front of it
+/// [`HookKind::Xdp`] where the acceleration asks for it; a pod interface gets the pod hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HookKind {
-    /// XDP for node devices (packets from the wire).
+    /// tcx ingress on node devices: the complete path for traffic from outside and from other
+    /// nodes (`lb_tc_nic`).
+    TcNic,
+    /// Native XDP on node devices: the accelerator in front of [`HookKind::TcNic`] (`lb_xdp`).
     Xdp,
-    /// XDP for node devices that are veths (nodes in containers): recognises
-    /// CHECKSUM_PARTIAL seeds and hands such packets to the stack after the rewrite.
-    XdpVeth,
-    /// XDP for pod interfaces (recognises CHECKSUM_PARTIAL seeds).
-    XdpPod,
-    /// tcx ingress.
+    /// tcx ingress on pod interfaces (`lb_tc`).
     Tc,
+    /// XDP on pod interfaces (recognises CHECKSUM_PARTIAL seeds; `lb_xdp_pod`).
+    XdpPod,
 }
 
 impl HookKind {
+    /// Every hook, in load order.
+    pub const ALL: [HookKind; 4] = [
+        HookKind::TcNic,
+        HookKind::Xdp,
+        HookKind::Tc,
+        HookKind::XdpPod,
+    ];
+
     /// Name used in pin paths and logs.
     pub fn name(self) -> &'static str {
         match self {
+            HookKind::TcNic => "tcnic",
             HookKind::Xdp => "xdp",
-            HookKind::XdpVeth => "xdpveth",
-            HookKind::XdpPod => "xdppod",
             HookKind::Tc => "tc",
+            HookKind::XdpPod => "xdppod",
         }
     }
 
-    fn program(self) -> &'static str {
+    /// The program's name in the object.
+    pub fn program(self) -> &'static str {
         match self {
+            HookKind::TcNic => "lb_tc_nic",
             HookKind::Xdp => "lb_xdp",
-            HookKind::XdpVeth => "lb_xdp_veth",
-            HookKind::XdpPod => "lb_xdp_pod",
             HookKind::Tc => "lb_tc",
+            HookKind::XdpPod => "lb_xdp_pod",
         }
+    }
+
+    /// An XDP program (else tc).
+    pub fn is_xdp(self) -> bool {
+        matches!(self, HookKind::Xdp | HookKind::XdpPod)
     }
 }
 
@@ -150,15 +167,16 @@ pub fn ensure_bpffs(path: &Path) -> Result<()> {
 pub struct Dataplane {
     ebpf: Ebpf,
     root: PathBuf,
-    xdp_mode: XdpMode,
     /// Attachments this agent made or adopted: (hook, ifname) -> ifindex.
     attached: BTreeMap<(HookKind, String), u32>,
 }
 
 impl Dataplane {
-    /// Loads the programs; maps are reused from `<root>/maps` where pinned, created otherwise.
-    pub fn load(root: &Path, sizes: MapSizes, xdp_mode: XdpMode) -> Result<Self> {
+    /// Checks the kernel has what the programs need, then loads the programs; maps are reused
+    /// from `<root>/maps` where pinned, created otherwise.
+    pub fn load(root: &Path, sizes: MapSizes) -> Result<Self> {
         object::check_object(object::EBPF_OBJECT)?;
+        require_kernel_features()?;
         ensure_bpffs(root)?;
         let maps_dir = root.join("maps");
         for dir in [&maps_dir, &root.join("links")] {
@@ -175,18 +193,20 @@ impl Dataplane {
                 pin_dir: maps_dir.clone(),
                 source: Box::new(source),
             })?;
-        for kind in [HookKind::Xdp, HookKind::XdpVeth, HookKind::XdpPod] {
+        for kind in HookKind::ALL {
             let name = kind.program();
-            let prog: &mut Xdp = program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
+            if kind.is_xdp() {
+                let prog: &mut Xdp = program(&mut ebpf, name)?;
+                prog.load().map_err(prog_err(name))?;
+            } else {
+                let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+                prog.load().map_err(prog_err(name))?;
+            }
         }
-        let prog: &mut SchedClassifier = program(&mut ebpf, "lb_tc")?;
-        prog.load().map_err(prog_err("lb_tc"))?;
         info!(bpffs = %root.display(), "programs loaded, maps pinned");
         Ok(Self {
             ebpf,
             root: root.into(),
-            xdp_mode,
             attached: BTreeMap::new(),
         })
     }
@@ -204,7 +224,8 @@ impl Dataplane {
     }
 
     /// [`Dataplane::test_run`] with a context: for XDP a `struct xdp_md`, whose
-    /// `ingress_ifindex` names an interface of the calling thread's network namespace.
+    /// `ingress_ifindex` names an interface of the calling thread's network namespace; for tc
+    /// a `struct __sk_buff`, whose `ifindex` does.
     pub fn test_run_ctx(
         &mut self,
         hook: HookKind,
@@ -222,17 +243,33 @@ impl Dataplane {
             ..TestRunOptions::new()
         };
         let name = hook.program();
-        match hook {
-            HookKind::Xdp | HookKind::XdpVeth | HookKind::XdpPod => {
-                let prog: &mut Xdp = program(&mut self.ebpf, name)?;
-                prog.test_run(opts).map_err(prog_err(name))
-            }
-            HookKind::Tc => {
-                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-                prog.test_run(opts).map_err(prog_err(name))
-            }
+        if hook.is_xdp() {
+            let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            prog.test_run(opts).map_err(prog_err(name))
+        } else {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            prog.test_run(opts).map_err(prog_err(name))
         }
     }
+}
+
+/// Refuses a kernel that lacks a feature the programs need, naming it and the release that
+/// has it; logs what is used.
+fn require_kernel_features() -> Result<()> {
+    let missing = probe::missing().map_err(DataplaneError::Probe)?;
+    if let Some(f) = missing {
+        return Err(DataplaneError::KernelFeature {
+            feature: f.name,
+            used_for: f.used_for,
+            since: f.since,
+        });
+    }
+    let used: Vec<String> = probe::ALL
+        .iter()
+        .map(|f| format!("{} ({})", f.name, f.since))
+        .collect();
+    info!(features = used.join(", "), "kernel features in use");
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>

@@ -104,7 +104,8 @@ impl Pinned {
         self.counters(lb_common::maps::MAP_VERDICTS)
     }
 
-    /// Path counters (how node-device packets left XDP) summed over CPUs, by path index.
+    /// Path counters (how rewritten packets left the program that rewrote them) summed over
+    /// CPUs, by path index.
     pub fn paths(&self) -> Result<Vec<lb_common::maps::Counter>> {
         self.counters(lb_common::maps::MAP_PATHS)
     }

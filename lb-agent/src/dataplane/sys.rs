@@ -1,4 +1,5 @@
-//! The bpf(2) commands aya does not offer: batched map updates and detaching a pinned link.
+//! The bpf(2) commands aya does not offer: batched map updates, detaching a pinned link, and the
+//! raw syscall the kernel feature probes use.
 
 use std::{ffi::CString, path::Path};
 
@@ -53,9 +54,16 @@ fn bpf(cmd: libc::c_long, first: u64) -> std::io::Result<libc::c_long> {
     sys_bpf(cmd, &mut attr)
 }
 
+/// BPF_PROG_LOAD.
+pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
+/// BPF_PROG_TEST_RUN.
+pub(super) const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// BPF_LINK_CREATE.
+pub(super) const BPF_LINK_CREATE: libc::c_long = 28;
+
 /// The bpf(2) syscall with the attribute union `attr` (the kernel writes some commands'
 /// results back into it). Any pointer in `attr` is the caller's to keep valid.
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
+pub(super) fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a bpf_attr of the size passed, zeroed where `cmd` reads nothing.
     let r = unsafe {
         libc::syscall(

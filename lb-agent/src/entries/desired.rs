@@ -394,6 +394,11 @@ mod incremental_tests {
                     0 => vec![SourceRange::parse("192.168.7.0/24").unwrap()],
                     _ => Vec::new(),
                 };
+                let local_backends = backends
+                    .iter()
+                    .filter(|_| rng.below(2) == 0)
+                    .copied()
+                    .collect();
                 plan::Frontend {
                     service: service.into(),
                     port_name: String::new(),
@@ -406,6 +411,7 @@ mod incremental_tests {
                     affinity_timeout_seconds: (rng.below(4) == 0).then_some(10_800),
                     scope: Scope::Any,
                     source_ranges,
+                    local_backends,
                 }
             })
             .collect()
@@ -560,6 +566,7 @@ mod incremental_tests {
             affinity_timeout_seconds: None,
             scope: Scope::Any,
             source_ranges: Vec::new(),
+            local_backends: Vec::new(),
         }
     }
 

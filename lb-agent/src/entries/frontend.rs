@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_common::maps::{
-    Backend, Frontend, FrontendKey, Slot, SlotKey, FE_F_POD_SCOPE, FE_F_REJECT_EMPTY,
+    Backend, Frontend, FrontendKey, Slot, SlotKey, BE_F_LOCAL, FE_F_POD_SCOPE, FE_F_REJECT_EMPTY,
     FE_F_SOURCE_RANGES, NODEPORT_ANY_ADDR, SCOPE_ANY, SCOPE_PODS,
 };
 
@@ -209,6 +209,11 @@ pub(super) fn build(
                 bid
             }
         };
+        let flags = if fe.local_backends.contains(b) {
+            BE_F_LOCAL
+        } else {
+            0
+        };
         backends.push((
             bid,
             Backend {
@@ -216,7 +221,7 @@ pub(super) fn build(
                 addr_be: ident.addr_be,
                 port_be: ident.port_be,
                 proto,
-                flags: 0,
+                flags,
             },
         ));
         backend_ids.push(bid);
@@ -327,6 +332,7 @@ mod tests {
             affinity_timeout_seconds: None,
             scope: Scope::Any,
             source_ranges: Vec::new(),
+            local_backends: Vec::new(),
         };
         let p = Plan {
             frontends: vec![
@@ -370,6 +376,7 @@ mod tests {
             affinity_timeout_seconds: None,
             scope: Scope::Any,
             source_ranges: vec![SourceRange::parse("192.168.7.0/24").unwrap()],
+            local_backends: Vec::new(),
         };
         let p = Plan {
             frontends: vec![

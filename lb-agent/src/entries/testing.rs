@@ -17,6 +17,7 @@ pub(super) fn fe(ip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> 
         affinity_timeout_seconds: None,
         scope: Scope::Any,
         source_ranges: Vec::new(),
+        local_backends: Vec::new(),
     }
 }
 

@@ -36,6 +36,11 @@ pub(super) fn emit_frontends(
         .map(|ep| ep.addr)
         .collect();
     let has_any = categorized.has_any;
+    let on_this_node: Vec<SocketAddr> = endpoints
+        .iter()
+        .filter(|ep| ep.is_local)
+        .map(|ep| ep.addr)
+        .collect();
 
     // Internal (ClusterIP) traffic: the Local set under internalTrafficPolicy Local.
     let internal = if port.internal_policy_local {
@@ -62,6 +67,12 @@ pub(super) fn emit_frontends(
             Vec::new()
         };
         sort_backends(&mut backends);
+        let mut local_backends: Vec<SocketAddr> = backends
+            .iter()
+            .filter(|b| on_this_node.contains(b))
+            .copied()
+            .collect();
+        sort_backends(&mut local_backends);
         // No endpoints anywhere: REJECT. Endpoints elsewhere but none for this traffic
         // policy here: DROP.
         let on_empty = match (backends.is_empty(), has_any) {
@@ -85,6 +96,7 @@ pub(super) fn emit_frontends(
             } else {
                 Vec::new()
             },
+            local_backends,
         }
     };
 

@@ -75,6 +75,11 @@ pub struct Frontend {
     /// when asked). Not part of the plan's JSON interface.
     #[serde(skip)]
     pub source_ranges: Vec<SourceRange>,
+    /// The backends on this node (their EndpointSlice endpoint's nodeName is this node,
+    /// kube-proxy's IsLocal), sorted as `backends`: from node devices, flows to the others are
+    /// SNATed. Not part of the plan's JSON interface.
+    #[serde(skip)]
+    pub local_backends: Vec<SocketAddr>,
 }
 
 /// A source prefix allowed by loadBalancerSourceRanges.
@@ -185,6 +190,7 @@ impl Plan {
     pub fn normalize(&mut self) {
         for frontend in &mut self.frontends {
             sort_backends(&mut frontend.backends);
+            sort_backends(&mut frontend.local_backends);
         }
         self.frontends.sort_by(|a, b| {
             (

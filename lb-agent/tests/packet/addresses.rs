@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::verdict::Reason;
+use lb_common::verdict::{Path, Reason};
 
 use crate::{
     fixture::{
@@ -25,9 +25,11 @@ const LB_IP: [u8; 4] = [203, 0, 113, 50];
 const LOCAL_BACKEND: &str = "10.244.0.11:8080";
 const REMOTE_BACKEND: &str = "10.244.1.11:8080";
 
-/// Pod interfaces' hooks and node devices' hooks.
+/// Pod interfaces' hooks and the node devices' tc. (The XDP accelerator in front of it finds the
+/// same frontends; in the fixture's namespace, without routes, it leaves every packet to tc,
+/// counted as `xdp_pass_tc` when it found a frontend.)
 const POD_HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::XdpPod];
-const NODE_HOOKS: [HookKind; 2] = [HookKind::Xdp, HookKind::XdpVeth];
+const NODE_HOOKS: [HookKind; 1] = [HookKind::TcNic];
 
 fn external(kind: FrontendKind, ip: [u8; 4], port: u16, backends: &[&str]) -> Frontend {
     let mut fe = frontend(port, Protocol::Tcp, backends);
@@ -68,15 +70,25 @@ fn node_ports_answer_on_the_node_port_addresses_only() {
         assert_eq!(to(&mut f, hook, OTHER_IP, false).0, "172.18.0.99:30080");
         assert_eq!(to(&mut f, hook, [0; 4], false).0, "0.0.0.0:30080");
     }
-    assert_eq!(f.verdict(Reason::PassNoService), 8);
+    assert_eq!(f.verdict(Reason::PassNoService), 6);
+    // The accelerator: a frontend only on the NodePort address.
+    for (dst, found) in [(NODE_IP, 1), (OTHER_IP, 0), ([0; 4], 0)] {
+        let before = f.path(Path::XdpPassTc);
+        let pkt = tcp(OUTSIDE, 40100, dst, 30080, true);
+        assert_eq!(f.run(HookKind::Xdp, &pkt), (pass(HookKind::Xdp), pkt));
+        assert_eq!(f.path(Path::XdpPassTc), before + found, "{dst:?}");
+    }
     f.node_addresses(&[NODE_IP, OTHER_IP]);
-    assert_eq!(to(&mut f, HookKind::Xdp, OTHER_IP, false).0, LOCAL_BACKEND);
+    assert_eq!(
+        to(&mut f, HookKind::TcNic, OTHER_IP, false).0,
+        LOCAL_BACKEND
+    );
     f.node_addresses(&[OTHER_IP]);
     assert_eq!(
-        to(&mut f, HookKind::Xdp, NODE_IP, false).0,
+        to(&mut f, HookKind::TcNic, NODE_IP, false).0,
         "172.18.0.10:30080"
     );
-    assert_eq!(f.verdict(Reason::PassNoService), 9);
+    assert_eq!(f.verdict(Reason::PassNoService), 7);
 }
 
 /// Test the externalTrafficPolicy Local short-circuit: a pod's packet to the NodePort and to
@@ -132,6 +144,16 @@ fn pods_and_outside_clients_of_a_local_policy_service_reach_different_sets() {
             "{hook:?}: LB IP without a local endpoint"
         );
     }
-    assert_eq!(f.verdict(Reason::DnatNew), 6);
+    // The accelerator: the NodePort found (left to tc here), the LB IP dropped as by tc.
+    let pkt = tcp(OUTSIDE, 42100, NODE_IP, 30081, true);
+    assert_eq!(f.run(HookKind::Xdp, &pkt), (pass(HookKind::Xdp), pkt));
+    assert_eq!(f.path(Path::XdpPassTc), 1);
+    let (verdict, _) = f.run(HookKind::Xdp, &tcp(OUTSIDE, 42100, LB_IP, 80, true));
+    assert_eq!(
+        verdict,
+        drop_(HookKind::Xdp),
+        "LB IP without a local endpoint"
+    );
+    assert_eq!(f.verdict(Reason::DnatNew), 5);
     assert_eq!(f.verdict(Reason::DropNoBackend), 2);
 }

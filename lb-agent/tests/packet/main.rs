@@ -4,14 +4,19 @@
 //! private bpffs.
 //!
 //! `fixture` holds the fixture and every `lb_agent` import, `packets` the packet builders and
-//! readers; the other modules hold the tests, by concern.
+//! readers, `node_netns` the node namespace of the FIB-dependent tests; the other modules hold
+//! the tests, by concern (`nodeport`: the XDP accelerator on a node device; `node_device`: tc's
+//! SNAT decision and forwarding).
 
 mod addresses;
 mod choice;
 mod conntrack;
 mod fixture;
 mod nat;
+mod node_device;
+mod node_netns;
 mod nodeport;
 mod packets;
 mod passthrough;
 mod policy;
+mod probe;

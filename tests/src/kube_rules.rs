@@ -1,5 +1,6 @@
 //! kube-proxy's rule layouts for N ClusterIP Services, written as kube-proxy writes them, for
-//! the benchmarks to load into a namespace: the iptables mode's `iptables-restore` input
+//! the benchmarks to load into a namespace (lb-bench) and for the tests that show the agent
+//! beside kube-proxy's leftover rules: the iptables mode's `iptables-restore` input
 //! (pkg/proxy/iptables/proxier.go) and the nftables mode's `nft -f` transaction
 //! (pkg/proxy/nftables/proxier.go). Our own generator: chain names have kube-proxy's form and
 //! length (a 16- or 8-character base32 hash of the same strings) but hash with FNV-1a, not
@@ -12,14 +13,25 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The service CIDR (nftables' drop rule for unallocated ClusterIPs).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 
-/// One ClusterIP Service port and its endpoints.
+/// The iptables and iptables-restore commands the layouts are loaded with: the legacy backend
+/// (what many kube-proxy nodes run, and the faster of the two here both to restore and to
+/// walk). `cargo xtask setup` installs both backends.
+pub const IPTABLES: (&str, &str) = ("iptables-legacy", "iptables-legacy-restore");
+
+/// One ClusterIP Service port (TCP) and its endpoints.
 #[derive(Clone)]
 pub struct Svc {
+    /// The Service's namespace.
     pub namespace: String,
+    /// The Service's name.
     pub name: String,
+    /// The ServicePort's name.
     pub port_name: String,
+    /// The ClusterIP.
     pub ip: Ipv4Addr,
+    /// The Service port.
     pub port: u16,
+    /// The endpoints: address and target port.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
 }
 
