@@ -1,5 +1,6 @@
-//! The two-node lab: a [`Cluster`] whose every node runs its own agent (`--devices eth0`, the
-//! pod interfaces, a private bpffs), all reading one manifests directory; the logs and
+//! The two-node lab: a [`Cluster`] whose every node runs its own agent (`--devices eth0` unless
+//! [`Devices`] says otherwise, the pod interfaces, a private bpffs), all reading one manifests
+//! directory; the logs and
 //! `lb-agent inspect` of each; and, for the one topology that keeps XDP on the wire, the
 //! fabric's pass-through programs.
 //!
@@ -35,6 +36,29 @@ pub enum Wire {
     Xdp,
 }
 
+/// The node devices the agents are given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Devices {
+    /// `--devices eth0`: the NIC of the fabric.
+    #[default]
+    Nic,
+    /// No `--devices`: every agent detects its node's devices.
+    Detect,
+    /// `--devices` with these names and globs (comma-separated).
+    Named(String),
+}
+
+/// How the agents of a [`ClusterLab`] run.
+#[derive(Debug, Clone, Default)]
+pub struct Agents<'a> {
+    /// What the far side of the wires runs (and so the acceleration).
+    pub wire: Wire,
+    /// The node devices.
+    pub devices: Devices,
+    /// Flags added to every agent's command line.
+    pub flags: &'a [(&'a str, &'a str)],
+}
+
 /// A cluster with one agent per node.
 #[derive(Debug)]
 pub struct ClusterLab {
@@ -46,8 +70,8 @@ pub struct ClusterLab {
 }
 
 impl ClusterLab {
-    /// Starts an agent in every node of `cluster`, reading `manifests`, as `node-<i>`; `flags`
-    /// are added to every agent's command line.
+    /// Starts an agent in every node of `cluster`, reading `manifests`, as `node-<i>`, with
+    /// `--devices eth0`; `flags` are added to every agent's command line.
     pub fn start(
         tag: &str,
         cluster: Cluster,
@@ -55,6 +79,23 @@ impl ClusterLab {
         wire: Wire,
         flags: &[(&str, &str)],
     ) -> Result<ClusterLab> {
+        let agents = Agents {
+            wire,
+            devices: Devices::Nic,
+            flags,
+        };
+        ClusterLab::start_with(tag, cluster, manifests, &agents)
+    }
+
+    /// Starts an agent in every node of `cluster`, reading `manifests`, as `node-<i>`, as
+    /// `agents` says.
+    pub fn start_with(
+        tag: &str,
+        cluster: Cluster,
+        manifests: &Path,
+        agents: &Agents<'_>,
+    ) -> Result<ClusterLab> {
+        let wire = agents.wire;
         let wire_pins = match wire {
             Wire::Plain => None,
             Wire::Xdp => {
@@ -73,14 +114,22 @@ impl ClusterLab {
             let fs = BpffsGuard::new(&format!("{tag}-n{i}"))?;
             let mut run = AgentRun::new(&format!("node-{i}"), fs.path());
             run.manifests(manifests)
-                .devices(NODE_NIC)
                 .pod_interfaces(POD_IFACE_GLOB)
                 .without_http()
                 .name(&format!("agent{i}"));
+            match &agents.devices {
+                Devices::Nic => {
+                    run.devices(NODE_NIC);
+                }
+                Devices::Detect => {}
+                Devices::Named(names) => {
+                    run.devices(names);
+                }
+            }
             if wire == Wire::Xdp {
                 run.flag("--lb-acceleration", "native");
             }
-            for (flag, value) in flags {
+            for (flag, value) in agents.flags {
                 run.flag(flag, value);
             }
             lab.agents.push(run.start(node.ns(), AGENT_START)?);

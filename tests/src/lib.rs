@@ -53,14 +53,14 @@ pub mod traffic;
 
 pub use agent::{AgentRun, PodHook};
 pub use bpffs::BpffsGuard;
-pub use cluster_lab::{ClusterLab, Wire};
+pub use cluster_lab::{Agents, ClusterLab, Devices, Wire};
 pub use lab::Lab;
 pub use netns::{LinkStats, NetNs};
 pub use paths::{ebpf_object, find_agent_bin, workspace_root};
 pub use proc::Child;
 pub use scratch::TempDir;
 pub use stale::cleanup_stale;
-pub use topo::{Cluster, Node, Pod, POD_IFACE_GLOB, SERVICE_CIDR};
+pub use topo::{Cluster, Node, Pod, PodNetwork, Shape, POD_IFACE_GLOB, SERVICE_CIDR};
 pub use traffic::{
     check_reply, tcp_request, tcp_spread, udp_request, udp_spread, Client, Reply, Spread, TcpConn,
     TcpMode, TcpServer, UdpConn, UdpServer,

@@ -12,7 +12,9 @@
 //! The node itself has no route for the Service range.
 //!
 //! A node has an index N and owns pod CIDR 10.244.N.0/24 with gateway 10.244.N.1. A [`Cluster`]
-//! joins several nodes and an external client through a bridge in a fabric namespace.
+//! joins several nodes and an external client through a bridge in a fabric namespace, shaped as
+//! a [`Shape`] says: pod CIDRs routed directly or over a VXLAN overlay (flannel's layout), and
+//! a second NIC on node 0 on a second network.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -42,6 +44,8 @@ pub struct Node {
     tag: String,
     index: u8,
     nic_ip: Option<Ipv4Addr>,
+    /// The MTU of its pods' veths (both sides); None: the kernel's default.
+    pod_mtu: Option<u32>,
     // Declared before `ns`: pods go first on drop.
     pods: Vec<Pod>,
     ns: NetNs,
@@ -76,6 +80,7 @@ impl Node {
         }
         Ok(Node {
             nic_ip: None,
+            pod_mtu: None,
             tag: tag.to_string(),
             index,
             pods: Vec::new(),
@@ -142,6 +147,11 @@ impl Node {
         // The peer is created directly in the pod namespace; nothing appears in the root namespace.
         #[rustfmt::skip]
         node.ip(&["link", "add", &host_ifname, "type", "veth", "peer", "name", POD_IFNAME, "netns", ns.name()])?;
+        if let Some(mtu) = self.pod_mtu {
+            let mtu = mtu.to_string();
+            ns.ip(&["link", "set", POD_IFNAME, "mtu", &mtu])?;
+            node.ip(&["link", "set", &host_ifname, "mtu", &mtu])?;
+        }
         ns.ip(&["addr", "add", &format!("{ip_s}/32"), "dev", POD_IFNAME])?;
         ns.ip(&["link", "set", POD_IFNAME, "up"])?;
         ns.ip(&["route", "add", &gw, "dev", POD_IFNAME, "scope", "link"])?;
@@ -200,6 +210,63 @@ pub fn node_nic_ip(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(172, 18, 0, 10 + index)
 }
 
+/// The second network of a [`Cluster`] built with [`Shape::second_nic`]: node 0's second NIC
+/// and the second external client live on the fabric's second bridge.
+pub const SECOND_FABRIC_CIDR: &str = "172.19.0.0/24";
+
+/// Name of node 0's second NIC ([`Shape::second_nic`]).
+pub const SECOND_NIC: &str = "eth1";
+
+/// Address of node 0's second NIC ([`Shape::second_nic`]).
+pub const SECOND_NIC_IP: Ipv4Addr = Ipv4Addr::new(172, 19, 0, 10);
+
+/// Address of the second external client ([`Shape::second_nic`]), on the second network only.
+pub const SECOND_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 19, 0, 100);
+
+/// Name of the VXLAN device of a [`PodNetwork::Vxlan`] cluster, as flannel names it.
+pub const VXLAN_DEV: &str = "flannel.1";
+
+/// The MTU of the VXLAN device and of every pod's veth on a [`PodNetwork::Vxlan`] cluster: the
+/// NIC's 1500 less VXLAN's 50 bytes (outer IPv4, UDP, VXLAN and inner Ethernet headers), as
+/// flannel sets them.
+pub const VXLAN_MTU: u32 = 1450;
+
+/// The address of node `index`'s VXLAN device: 10.244.`index`.0/32, as flannel gives it (the
+/// network address of the node's pod CIDR).
+pub fn vxlan_ip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, index, 0)
+}
+
+/// The MAC of node `index`'s VXLAN device (fixed, so every node can name the others').
+fn vxlan_mac(index: u8) -> String {
+    format!("0e:f1:00:00:00:{index:02x}")
+}
+
+/// How the nodes of a [`Cluster`] reach each other's pod CIDRs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Direct routing: each node routes the others' pod CIDRs via their NIC addresses.
+    #[default]
+    Direct,
+    /// flannel's VXLAN backend: every node has a vxlan device [`VXLAN_DEV`] (VNI 1, UDP port
+    /// 8472, no learning, MTU [`VXLAN_MTU`]) with address [`vxlan_ip`], and routes each other
+    /// node's pod CIDR via that node's VXLAN address, on link, out of the vxlan device; a
+    /// permanent neighbour entry gives that address the other device's MAC and a forwarding
+    /// entry sends the MAC to the other node's NIC address. Pods' veths get MTU [`VXLAN_MTU`].
+    Vxlan,
+}
+
+/// What a [`Cluster`] is built with besides its nodes and the fabric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// How pod CIDRs are routed between the nodes.
+    pub pod_network: PodNetwork,
+    /// Node 0 gets a second NIC, [`SECOND_NIC`] ([`SECOND_NIC_IP`]), on a second bridge of the
+    /// fabric, where a second external client ([`SECOND_EXTERNAL_IP`]) lives; no route of the
+    /// other nodes' pod CIDRs goes that way.
+    pub second_nic: bool,
+}
+
 /// Several nodes and an external client whose NICs are veths on one bridge, in a fabric namespace
 /// that stands in for the physical network:
 ///
@@ -209,57 +276,141 @@ pub fn node_nic_ip(index: u8) -> Ipv4Addr {
 ///  10.244.1.0/24 via .11            br0 ── ext       │              10.244.0.0/24 via .10
 ///                                        <-veth-> eth0 172.18.0.100/24  external client netns
 /// ```
-/// Node N owns pod CIDR 10.244.N.0/24; every node routes the other nodes' pod CIDRs via their NIC
-/// addresses (direct routing, no encapsulation). The external client has only the on-link route to
-/// the fabric network; tests add routes for external VIPs they need.
+/// Node N owns pod CIDR 10.244.N.0/24; by default every node routes the other nodes' pod CIDRs
+/// via their NIC addresses (direct routing, no encapsulation). The external client has only the
+/// on-link route to the fabric network; tests add routes for external VIPs they need. A
+/// [`Shape`] changes the default: pod CIDRs over a VXLAN overlay, a second NIC on node 0.
+/// Nothing runs on the fabric's side of any wire unless [`Cluster::attach_wire_xdp`] is called.
 #[derive(Debug)]
 pub struct Cluster {
-    // Drop order: nodes (with their pods), the external client, then the fabric.
+    // Drop order: nodes (with their pods), the external clients, then the fabric.
     nodes: Vec<Node>,
     external: NetNs,
+    second_external: Option<NetNs>,
     fabric: NetNs,
+    /// The fabric-side veth of every wire, for [`Cluster::attach_wire_xdp`].
+    ports: Vec<String>,
 }
 
 impl Cluster {
-    /// Build `nodes` nodes (at most 50), the fabric bridge and the external client.
+    /// Build `nodes` nodes (at most 50), the fabric bridge and the external client, the pod
+    /// CIDRs routed directly.
     pub fn new(tag: &str, nodes: u8) -> Result<Cluster> {
+        Cluster::with_shape(tag, nodes, Shape::default())
+    }
+
+    /// Build `nodes` nodes (at most 50), the fabric and the external client(s), as `shape` says.
+    pub fn with_shape(tag: &str, nodes: u8, shape: Shape) -> Result<Cluster> {
         if nodes == 0 || nodes > 50 {
             bail!("a cluster has 1 to 50 nodes, not {nodes}");
         }
         let fabric = NetNs::new(&format!("fab-{tag}"))?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
+        add_bridge(&fabric, "br0")?;
         let external = NetNs::new(&format!("ext-{tag}"))?;
-        plug(&fabric, "ext", &external, EXTERNAL_IP)?;
+        plug(&fabric, "br0", "ext", &external, NODE_NIC, EXTERNAL_IP)?;
         let mut cluster = Cluster {
             nodes: Vec::new(),
             external,
+            second_external: None,
             fabric,
+            ports: vec!["ext".to_owned()],
         };
         for i in 0..nodes {
             let mut node = Node::with_index(tag, i)?;
-            let ip = node_nic_ip(i);
-            plug(&cluster.fabric, &format!("n{i}"), node.ns(), ip)?;
+            let (ip, port) = (node_nic_ip(i), format!("n{i}"));
+            plug(&cluster.fabric, "br0", &port, node.ns(), NODE_NIC, ip)?;
+            cluster.ports.push(port);
             node.ns()
                 .set_sysctl(&format!("ipv4/conf/{NODE_NIC}/rp_filter"), "0")?;
             node.nic_ip = Some(ip);
             cluster.nodes.push(node);
         }
-        for node in &cluster.nodes {
-            for other in cluster.nodes.iter().filter(|o| o.index != node.index) {
-                let via = node_nic_ip(other.index).to_string();
-                node.ns().ip(&[
-                    "route",
-                    "add",
-                    &other.pod_cidr(),
-                    "via",
-                    &via,
-                    "dev",
-                    NODE_NIC,
-                ])?;
-            }
+        match shape.pod_network {
+            PodNetwork::Direct => cluster.route_directly()?,
+            PodNetwork::Vxlan => cluster.route_over_vxlan()?,
+        }
+        if shape.second_nic {
+            cluster.add_second_network(tag)?;
         }
         Ok(cluster)
+    }
+
+    /// Every node routes the other nodes' pod CIDRs via their NIC addresses.
+    fn route_directly(&self) -> Result<()> {
+        for node in &self.nodes {
+            for other in self.nodes.iter().filter(|o| o.index != node.index) {
+                let via = node_nic_ip(other.index).to_string();
+                #[rustfmt::skip]
+                node.ns().ip(&["route", "add", &other.pod_cidr(), "via", &via, "dev", NODE_NIC])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// flannel's layout (see [`PodNetwork::Vxlan`]).
+    fn route_over_vxlan(&mut self) -> Result<()> {
+        let mtu = VXLAN_MTU.to_string();
+        for node in &mut self.nodes {
+            let (ns, i) = (&node.ns, node.index);
+            let local = node_nic_ip(i).to_string();
+            #[rustfmt::skip]
+            ns.ip(&["link", "add", VXLAN_DEV, "address", &vxlan_mac(i), "mtu", &mtu, "type", "vxlan",
+                "id", "1", "local", &local, "dev", NODE_NIC, "dstport", "8472", "nolearning"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", vxlan_ip(i)),
+                "dev",
+                VXLAN_DEV,
+            ])?;
+            ns.ip(&["link", "set", VXLAN_DEV, "up"])?;
+            node.pod_mtu = Some(VXLAN_MTU);
+        }
+        for node in &self.nodes {
+            let ns = node.ns();
+            for other in self.nodes.iter().filter(|o| o.index != node.index) {
+                let (gw, mac) = (vxlan_ip(other.index).to_string(), vxlan_mac(other.index));
+                let remote = node_nic_ip(other.index).to_string();
+                #[rustfmt::skip]
+                ns.ip(&["neigh", "add", &gw, "lladdr", &mac, "dev", VXLAN_DEV, "nud", "permanent"])?;
+                ns.run(
+                    "bridge",
+                    &["fdb", "append", &mac, "dev", VXLAN_DEV, "dst", &remote],
+                )?;
+                #[rustfmt::skip]
+                ns.ip(&["route", "add", &other.pod_cidr(), "via", &gw, "dev", VXLAN_DEV, "onlink"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bridge `br1` for the second network, node 0's second NIC and the second external client
+    /// on it.
+    fn add_second_network(&mut self, tag: &str) -> Result<()> {
+        add_bridge(&self.fabric, "br1")?;
+        let client = NetNs::new(&format!("ext2-{tag}"))?;
+        plug(
+            &self.fabric,
+            "br1",
+            "ext2",
+            &client,
+            NODE_NIC,
+            SECOND_EXTERNAL_IP,
+        )?;
+        self.ports.push("ext2".to_owned());
+        self.second_external = Some(client);
+        let node = &self.nodes[0];
+        plug(
+            &self.fabric,
+            "br1",
+            "n0b",
+            node.ns(),
+            SECOND_NIC,
+            SECOND_NIC_IP,
+        )?;
+        self.ports.push("n0b".to_owned());
+        node.ns()
+            .set_sysctl(&format!("ipv4/conf/{SECOND_NIC}/rp_filter"), "0")
     }
 
     /// Node `index`. Panics if there is none (a bug in the test).
@@ -284,6 +435,14 @@ impl Cluster {
     /// The namespace of the external client (outside every node, on the fabric network).
     pub fn external(&self) -> &NetNs {
         &self.external
+    }
+
+    /// The namespace of the second external client (on the second network only, reaching
+    /// node 0 by its second NIC). Panics if the cluster has no second network ([`Shape`]).
+    pub fn second_external(&self) -> &NetNs {
+        self.second_external
+            .as_ref()
+            .expect("a cluster built with Shape::second_nic")
     }
 
     /// The fabric namespace holding the bridge `br0` (for captures, or to break links).
@@ -315,9 +474,7 @@ impl Cluster {
         }
         let pass = progs.join("lb_pass");
         let pass = pass.to_str().context("bpffs path is not UTF-8")?;
-        let mut ports = vec!["ext".to_owned()];
-        ports.extend((0..self.nodes.len()).map(|i| format!("n{i}")));
-        for port in &ports {
+        for port in &self.ports {
             self.fabric
                 .ip(&["link", "set", "dev", port, "xdpdrv", "pinned", pass])?;
         }
@@ -325,13 +482,28 @@ impl Cluster {
     }
 }
 
-/// Join `ns` to the fabric bridge: a veth with `port` on the bridge and `eth0` (address `ip`/24) in `ns`.
-fn plug(fabric: &NetNs, port: &str, ns: &NetNs, ip: Ipv4Addr) -> Result<()> {
+/// A bridge `name` in the fabric namespace, up.
+fn add_bridge(fabric: &NetNs, name: &str) -> Result<()> {
+    fabric.ip(&["link", "add", name, "type", "bridge"])?;
+    fabric.ip(&["link", "set", name, "up"])?;
+    Ok(())
+}
+
+/// Join `ns` to the fabric's bridge `bridge`: a veth with `port` on the bridge and `ifname`
+/// (address `ip`/24, up) in `ns`.
+fn plug(
+    fabric: &NetNs,
+    bridge: &str,
+    port: &str,
+    ns: &NetNs,
+    ifname: &str,
+    ip: Ipv4Addr,
+) -> Result<()> {
     #[rustfmt::skip]
-    fabric.ip(&["link", "add", port, "type", "veth", "peer", "name", NODE_NIC, "netns", ns.name()])?;
-    fabric.ip(&["link", "set", port, "master", "br0", "up"])?;
-    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", NODE_NIC])?;
-    ns.ip(&["link", "set", NODE_NIC, "up"])?;
+    fabric.ip(&["link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns.name()])?;
+    fabric.ip(&["link", "set", port, "master", bridge, "up"])?;
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+    ns.ip(&["link", "set", ifname, "up"])?;
     Ok(())
 }
 

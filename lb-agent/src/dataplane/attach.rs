@@ -23,8 +23,8 @@ use super::{
     Dataplane, HookKind,
 };
 
-/// A link pinned under `<bpffs>/links`, as its file name `<hook>-<ifname>@<ifindex>` says.
-/// Ordered by hook, then interface.
+/// A link pinned under `<bpffs>/links`, as its file name `<hook>-<ifname>@<ifindex>` says (the
+/// interface name escaped by [`pin_ifname`]). Ordered by hook, then interface.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LinkPin {
     /// [`HookKind::name`] of the program attached.
@@ -38,7 +38,7 @@ impl Dataplane {
     fn link_pin(&self, hook: HookKind, ifname: &str, ifindex: u32) -> PathBuf {
         self.root
             .join("links")
-            .join(format!("{}-{ifname}@{ifindex}", hook.name()))
+            .join(format!("{}-{}@{ifindex}", hook.name(), pin_ifname(ifname)))
     }
 
     /// Whether this agent has attached `hook` to `ifname`.
@@ -222,6 +222,18 @@ pub fn is_veth(ifname: &str) -> bool {
     info.driver.starts_with(b"veth\0")
 }
 
+/// An interface name as a pin's file name holds it: bpffs refuses names with a dot (EPERM: dots
+/// are the kernel's own), which interface names may have (`flannel.1`, VLANs as `eth0.10`), so
+/// `.` is written `%2e` and `%` itself `%25`.
+fn pin_ifname(ifname: &str) -> String {
+    ifname.replace('%', "%25").replace('.', "%2e")
+}
+
+/// The interface name a pin's file name holds (the inverse of [`pin_ifname`]).
+fn unpin_ifname(pinned: &str) -> String {
+    pinned.replace("%2e", ".").replace("%25", "%")
+}
+
 /// Every pinned link under `root`, sorted.
 pub fn pinned_links(root: &Path) -> Vec<LinkPin> {
     let Ok(dir) = std::fs::read_dir(root.join("links")) else {
@@ -239,7 +251,7 @@ pub fn pinned_links(root: &Path) -> Vec<LinkPin> {
         if let Ok(idx) = idx.parse() {
             out.push(LinkPin {
                 hook: hook.to_owned(),
-                ifname: ifname.to_owned(),
+                ifname: unpin_ifname(ifname),
                 ifindex: idx,
                 path: entry.path(),
             });
@@ -281,4 +293,25 @@ pub fn cleanup(root: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test that interface names with dots (a VXLAN device as flannel names it, a VLAN) get pin
+    /// names without dots, which bpffs accepts, and come back unchanged, percent signs included.
+    #[test]
+    fn interface_names_with_dots_are_escaped_in_pins_and_read_back() {
+        for (name, pinned) in [
+            ("eth0", "eth0"),
+            ("flannel.1", "flannel%2e1"),
+            ("eth0.10", "eth0%2e10"),
+            ("a%2e.b", "a%252e%2eb"),
+        ] {
+            assert_eq!(pin_ifname(name), pinned);
+            assert!(!pin_ifname(name).contains('.'));
+            assert_eq!(unpin_ifname(pinned), name);
+        }
+    }
 }

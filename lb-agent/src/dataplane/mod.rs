@@ -3,8 +3,9 @@
 //!
 //! Layout under the bpffs directory given with `--bpffs`:
 //! - `maps/LB_*`: every map, pinned by name; reused as they are when the agent restarts.
-//! - `links/<hook>-<ifname>@<ifindex>`: one pinned link per attachment; it keeps the program
-//!   attached after the agent exits, and a restarted agent swaps its new program in atomically.
+//! - `links/<hook>-<ifname>@<ifindex>`: one pinned link per attachment (a dot in the interface
+//!   name written `%2e`, bpffs refusing dots); it keeps the program attached after the agent
+//!   exits, and a restarted agent swaps its new program in atomically.
 //!
 //! Files: this one loads the programs and maps and runs programs on test packets; `probe` checks
 //! the kernel has the features the programs need, before anything is loaded; `object` holds

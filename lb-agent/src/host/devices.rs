@@ -111,6 +111,28 @@ pub(super) fn select(
     out
 }
 
+/// The overlay devices (up, not pod interfaces) that `--devices` leaves out of `chosen`, by name:
+/// replies of flows to backends behind them arrive on them, and without the node-device
+/// program there they reach clients untranslated. Empty when devices are detected (detection
+/// takes every overlay).
+pub(super) fn overlays_left_out(
+    filter: &DeviceFilter,
+    pod_patterns: &[glob::Pattern],
+    view: &HostView,
+    chosen: &BTreeMap<String, ChosenDevice>,
+) -> Vec<String> {
+    if filter.is_auto() {
+        return Vec::new();
+    }
+    view.links
+        .iter()
+        .filter(|l| l.flags & IFF_UP != 0 && OVERLAY_KINDS.contains(&l.kind.as_str()))
+        .filter(|l| !pod_patterns.iter().any(|p| p.matches(&l.name)))
+        .filter(|l| !chosen.contains_key(&l.name))
+        .map(|l| l.name.clone())
+        .collect()
+}
+
 /// Why `link` is a node device (`DEV_R_*` bits), 0 if it is not one.
 fn detect(
     link: &Link,
@@ -302,6 +324,28 @@ pub(super) mod tests {
             ]
         );
         assert_eq!(got["flannel.1"].kind, "vxlan");
+    }
+
+    /// Test that an overlay device `--devices` does not name is reported as left out, and
+    /// nothing when the flag names it or devices are detected.
+    #[test]
+    fn overlays_the_flag_leaves_out_are_reported() {
+        let pods = [glob::Pattern::new("lxc*").unwrap()];
+        let view = kind_node();
+        let node = NodeAddresses::default();
+        let left_out = |patterns: &[&str]| {
+            let filter = DeviceFilter {
+                patterns: patterns
+                    .iter()
+                    .map(|p| glob::Pattern::new(p).unwrap())
+                    .collect(),
+            };
+            let chosen = select(&filter, &pods, &view, &node);
+            overlays_left_out(&filter, &pods, &view, &chosen)
+        };
+        assert_eq!(left_out(&["eth0"]), ["flannel.1"]);
+        assert!(left_out(&["eth0", "flannel.*"]).is_empty());
+        assert!(left_out(&[]).is_empty());
     }
 
     /// Test that `--devices` names and globs choose exactly the interfaces they match, down or

@@ -106,6 +106,9 @@ pub struct Host {
     pub devices: BTreeMap<String, ChosenDevice>,
     /// NodePort addresses -> the index of the interface holding them.
     pub nodeport_addresses: BTreeMap<IpAddr, u32>,
+    /// Overlay devices `--devices` leaves out (warned about: replies arriving on them are not
+    /// reverse-translated).
+    pub overlays_left_out: Vec<String>,
 }
 
 impl Host {
@@ -155,9 +158,12 @@ pub fn evaluate(cfg: &HostConfig, view: &HostView, node: &NodeAddresses) -> Host
     let devices = devices::select(&cfg.devices, &cfg.pod_patterns, view, node);
     let indexes: BTreeSet<u32> = devices.values().map(|d| d.index).collect();
     let nodeport_addresses = nodeport::select(&cfg.nodeport_addresses, view, &indexes, node);
+    let overlays_left_out =
+        devices::overlays_left_out(&cfg.devices, &cfg.pod_patterns, view, &devices);
     Host {
         devices,
         nodeport_addresses,
+        overlays_left_out,
     }
 }
 
@@ -222,6 +228,16 @@ impl Tracker {
                 "--devices"
             };
             info!(devices = %next.describe_devices(), how, "node devices");
+        }
+        if !next.overlays_left_out.is_empty()
+            && (next.overlays_left_out != self.host.overlays_left_out || !self.logged)
+        {
+            warn!(
+                overlays = %next.overlays_left_out.join(", "),
+                "overlay devices not in --devices: replies of flows to backends behind them \
+                 (Services from pods, NodePorts to other nodes) arrive there untranslated; \
+                 name them in --devices"
+            );
         }
         if next.nodeport_addresses != self.host.nodeport_addresses || !self.logged {
             info!(

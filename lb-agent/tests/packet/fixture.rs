@@ -154,6 +154,7 @@ impl Fixture {
                 .iter()
                 .map(|a| (Ipv4Addr::from(*a).into(), 1))
                 .collect(),
+            ..Host::default()
         };
         self.dp
             .write_host(&host, true)
