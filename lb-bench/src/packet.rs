@@ -263,7 +263,8 @@ impl Bench {
 }
 
 /// The benchmark's network namespace: node device `eth0` (a veth), the backends' range
-/// (10.128.0.0/16) routed back out of it through a permanent neighbour.
+/// (10.128.0.0/12: a million addresses, ten backends for each of up to 100,000 Services) routed
+/// back out of it through a permanent neighbour.
 fn bench_netns() -> Result<NetNs> {
     let ns = NetNs::new("bench-pkt")?;
     #[rustfmt::skip]
@@ -273,7 +274,7 @@ fn bench_netns() -> Result<NetNs> {
         &["link", "set", "wire", "up"],
         &["addr", "add", "172.18.0.10/24", "dev", "eth0"],
         &["neigh", "add", "172.18.0.11", "lladdr", "02:00:00:00:00:11", "dev", "eth0", "nud", "permanent"],
-        &["route", "add", "10.128.0.0/16", "via", "172.18.0.11", "dev", "eth0"],
+        &["route", "add", "10.128.0.0/12", "via", "172.18.0.11", "dev", "eth0"],
     ];
     for args in steps {
         ns.ip(args)?;
